@@ -1,0 +1,145 @@
+//! The write path: applying an ordered batch of commands in one synced
+//! write.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use ballast_proto::ballastpb::{command, Command};
+use ballast_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader, TxnResponse,
+};
+use ballast_proto::mvccpb::KeyValue;
+use rocksdb::WriteBatch;
+
+use crate::error::{Error, Result};
+use crate::revision::Revision;
+use crate::schema::*;
+use crate::store::{Inner, Store, WriterState};
+use crate::txn::WriteTxn;
+
+/// The outcome of one applied command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandResponse {
+    /// Response to a put.
+    Put(PutResponse),
+    /// Response to a delete-range.
+    DeleteRange(DeleteRangeResponse),
+    /// Response to a transaction.
+    Txn(TxnResponse),
+    /// Response to a compaction (logical; see [`Store::wait_compacted`]).
+    Compaction(CompactionResponse),
+}
+
+/// Changes of the current batch not yet written: the write batch and the
+/// new versions, so that later commands of the batch can read them.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub wb: WriteBatch,
+    pub overlay: HashMap<Revision, KeyValue>,
+}
+
+impl Store {
+    /// Applies `entries` (log index, command) in order, as one atomic,
+    /// synced write, and returns one outcome per entry.
+    ///
+    /// An entry whose index is not above the last applied index is skipped
+    /// with [`Error::AlreadyApplied`], so replaying a log is harmless. A
+    /// command that fails validation against the store (a compacted
+    /// revision, a missing key for `ignore_value`, ...) changes nothing and
+    /// gets its error; the other entries still apply.
+    ///
+    /// # Errors
+    /// The outer error means the write to disk failed: nothing of the batch
+    /// is acknowledged, and the store refuses every later write.
+    pub fn apply(&self, entries: &[(u64, Command)]) -> Result<Vec<Result<CommandResponse>>> {
+        let inner = &*self.inner;
+        let mut w = inner.writer.lock();
+        if inner.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Storage("the store stopped after a failed write".into()));
+        }
+        let mut pending = Pending::default();
+        let mut out = Vec::with_capacity(entries.len());
+        for (index, cmd) in entries {
+            if *index <= w.applied_index {
+                out.push(Err(Error::AlreadyApplied(*index)));
+                continue;
+            }
+            let res = match &cmd.op {
+                None => Err(Error::Corrupt(format!("command at index {index} is empty"))),
+                Some(command::Op::Compaction(c)) => compact(inner, &mut w, &mut pending, *index, c),
+                Some(op) => {
+                    let mut txn = WriteTxn::new(inner, &mut pending, w.rev);
+                    let res = txn.run(op);
+                    let changed = txn.changed();
+                    if let Err(e) = &res {
+                        if changed || matches!(e, Error::Storage(_) | Error::Corrupt(_)) {
+                            // Memory may hold changes the batch will not carry.
+                            inner.poisoned.store(true, Ordering::Release);
+                            return Err(Error::Storage(format!("apply of index {index} failed midway: {e}")));
+                        }
+                    }
+                    if changed {
+                        w.rev += 1;
+                    }
+                    res
+                }
+            };
+            w.applied_index = *index;
+            out.push(res);
+        }
+        commit(inner, &w, pending)?;
+        Ok(out)
+    }
+}
+
+/// Writes the batch with the applied index and revision, then makes its
+/// revisions visible to readers.
+fn commit(inner: &Inner, w: &WriterState, mut pending: Pending) -> Result<()> {
+    let meta = inner.cf(CF_META);
+    pending
+        .wb
+        .put_cf(meta, META_APPLIED_INDEX, u64_bytes(w.applied_index));
+    pending.wb.put_cf(meta, META_CURRENT_REV, i64_bytes(w.rev));
+    if let Err(e) = inner.db.write_opt(pending.wb, &inner.write_opts) {
+        inner.poisoned.store(true, Ordering::Release);
+        return Err(e.into());
+    }
+    inner.committed_rev.store(w.rev, Ordering::Release);
+    Ok(())
+}
+
+/// Applies a compaction: everything before it in the batch is committed
+/// first, so readers never meet an index compacted past what they can read.
+fn compact(
+    inner: &Inner,
+    w: &mut WriterState,
+    pending: &mut Pending,
+    index: u64,
+    req: &CompactionRequest,
+) -> Result<crate::CommandResponse> {
+    let rev = req.revision;
+    if rev <= inner.index.read().compact_rev {
+        return Err(Error::Compacted);
+    }
+    if rev > w.rev {
+        return Err(Error::FutureRev);
+    }
+    let mut batch = std::mem::take(pending);
+    batch
+        .wb
+        .put_cf(inner.cf(CF_META), META_SCHEDULED_COMPACT, i64_bytes(rev));
+    w.applied_index = index;
+    commit(inner, w, batch)?;
+    let keep = {
+        let mut ix = inner.index.write();
+        ix.compact_rev = rev;
+        ix.tree.compact(rev)
+    };
+    inner.compactor.schedule(rev, keep);
+    Ok(CommandResponse::Compaction(CompactionResponse {
+        header: Some(ResponseHeader {
+            revision: w.rev,
+            ..Default::default()
+        }),
+    }))
+}

@@ -1,0 +1,39 @@
+//! Column families and meta keys of the engine's RocksDB database.
+//!
+//! See `docs/architecture.md` for the full on-disk layout.
+
+/// Every stored change, keyed by its encoded revision
+/// ([`crate::Revision::to_key`]); the value is a protobuf `mvccpb.KeyValue`.
+pub const CF_KV: &str = "kv";
+/// Small records about the store itself, keyed by the `META_*` names.
+pub const CF_META: &str = "meta";
+
+/// The data format marker; a database without it, or with another value,
+/// is refused at open.
+pub const META_FORMAT: &[u8] = b"format";
+/// The format this build reads and writes.
+pub const FORMAT_VERSION: &[u8] = b"ballast-mvcc-v1";
+/// Log index of the last applied command (u64, big-endian), written in the
+/// same batch as the command's changes.
+pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
+/// The store revision (i64, big-endian), written with every change.
+pub const META_CURRENT_REV: &[u8] = b"current_rev";
+/// Revision of the last compaction applied (i64, big-endian).
+pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
+/// Revision of the last compaction whose old versions are all removed.
+pub const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
+
+/// Encodes a u64 meta value.
+pub fn u64_bytes(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+/// Encodes an i64 meta value.
+pub fn i64_bytes(v: i64) -> [u8; 8] {
+    (v as u64).to_be_bytes()
+}
+
+/// Decodes an 8-byte big-endian meta value.
+pub fn decode_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
