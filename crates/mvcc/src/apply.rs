@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 
 use ballast_proto::ballastpb::{command, Command};
 use ballast_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader,
+    TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use rocksdb::WriteBatch;
@@ -55,7 +56,9 @@ impl Store {
         let inner = &*self.inner;
         let mut w = inner.writer.lock();
         if inner.poisoned.load(Ordering::Acquire) {
-            return Err(Error::Storage("the store stopped after a failed write".into()));
+            return Err(Error::Storage(
+                "the store stopped after a failed write".into(),
+            ));
         }
         let mut pending = Pending::default();
         let mut out = Vec::with_capacity(entries.len());
@@ -75,7 +78,9 @@ impl Store {
                         if changed || matches!(e, Error::Storage(_) | Error::Corrupt(_)) {
                             // Memory may hold changes the batch will not carry.
                             inner.poisoned.store(true, Ordering::Release);
-                            return Err(Error::Storage(format!("apply of index {index} failed midway: {e}")));
+                            return Err(Error::Storage(format!(
+                                "apply of index {index} failed midway: {e}"
+                            )));
                         }
                     }
                     if changed {

@@ -87,7 +87,12 @@ impl TreeIndex {
     /// Keys of `range` that exist at revision `at`, in key order, with the
     /// revision visible for each: at most `limit` of them (0 = no limit).
     /// Also returns how many keys exist in the range at `at` in total.
-    pub fn range(&self, range: KeyRange<'_>, at: i64, limit: usize) -> (Vec<(&[u8], KeyAt)>, usize) {
+    pub fn range(
+        &self,
+        range: KeyRange<'_>,
+        at: i64,
+        limit: usize,
+    ) -> (Vec<(&[u8], KeyAt)>, usize) {
         let mut out = Vec::new();
         let mut count = 0;
         let Some(bounds) = range.bounds() else {
@@ -155,8 +160,14 @@ mod tests {
                 .map(|(k, _)| k.to_vec())
                 .collect::<Vec<_>>()
         };
-        assert_eq!(keys(KeyRange::from_request(b"b", b""), 4), vec![b"b".to_vec()]);
-        assert_eq!(keys(KeyRange::from_request(b"b", b""), 5), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            keys(KeyRange::from_request(b"b", b""), 4),
+            vec![b"b".to_vec()]
+        );
+        assert_eq!(
+            keys(KeyRange::from_request(b"b", b""), 5),
+            Vec::<Vec<u8>>::new()
+        );
         assert_eq!(keys(KeyRange::from_request(b"b", b"\0"), 5).len(), 2);
         assert_eq!(keys(KeyRange::from_request(b"a", b"c"), 4).len(), 2);
         // range_end before key: empty, as in etcd.

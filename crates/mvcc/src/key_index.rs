@@ -193,7 +193,10 @@ mod tests {
     fn get_follows_generations() {
         let ki = sample();
         assert_eq!(ki.get(1), None);
-        let at = |rev| ki.get(rev).map(|k| (k.modified.main, k.created.main, k.version));
+        let at = |rev| {
+            ki.get(rev)
+                .map(|k| (k.modified.main, k.created.main, k.version))
+        };
         assert_eq!(at(2), Some((2, 2, 1)));
         assert_eq!(at(5), Some((4, 2, 2)));
         assert_eq!(at(6), None);

@@ -25,7 +25,12 @@ pub(crate) struct RangePlan {
 ///
 /// # Errors
 /// [`Error::FutureRev`] above `current`; [`Error::Compacted`] below `compact`.
-pub(crate) fn plan(tree: &TreeIndex, req: &RangeRequest, current: i64, compact: i64) -> Result<RangePlan> {
+pub(crate) fn plan(
+    tree: &TreeIndex,
+    req: &RangeRequest,
+    current: i64,
+    compact: i64,
+) -> Result<RangePlan> {
     let at = read_revision(req.revision, current, compact)?;
     let range = KeyRange::from_request(&req.key, &req.range_end);
     if req.count_only {
@@ -44,7 +49,9 @@ pub(crate) fn plan(tree: &TreeIndex, req: &RangeRequest, current: i64, compact: 
     let index_limit = if needs_all || req.limit <= 0 {
         0
     } else {
-        usize::try_from(req.limit).unwrap_or(usize::MAX - 1).saturating_add(1)
+        usize::try_from(req.limit)
+            .unwrap_or(usize::MAX - 1)
+            .saturating_add(1)
     };
     let (found, count) = tree.range(range, at, index_limit);
     Ok(RangePlan {

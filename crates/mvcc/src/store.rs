@@ -8,7 +8,9 @@ use ballast_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use ballast_proto::mvccpb::KeyValue;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use crate::compactor::{Compactor, CompactorGuard};
 use crate::error::{Error, Result};
@@ -82,7 +84,9 @@ pub(crate) struct WriterState {
 
 impl Inner {
     pub fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db.cf_handle(name).expect("column family created at open")
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
     }
 }
 
@@ -224,7 +228,9 @@ impl Store {
             .iter()
             .zip(snapshot.multi_get_cf(keys.iter().map(|k| (kv_cf, k))))
         {
-            let bytes = got?.ok_or_else(|| Error::Corrupt(format!("revision {rev} is indexed but not stored")))?;
+            let bytes = got?.ok_or_else(|| {
+                Error::Corrupt(format!("revision {rev} is indexed but not stored"))
+            })?;
             kvs.push(decode_kv(&bytes)?);
         }
         Ok(range::finish(req, plan, kvs))
@@ -260,9 +266,15 @@ impl Store {
     /// (for tests and consistency checks).
     pub fn stored_revisions(&self) -> Result<Vec<(Revision, bool)>> {
         let mut out = Vec::new();
-        for item in self.inner.db.iterator_cf(self.inner.cf(CF_KV), IteratorMode::Start) {
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.inner.cf(CF_KV), IteratorMode::Start)
+        {
             let (k, _) = item?;
-            out.push(Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad revision key".into()))?);
+            out.push(
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad revision key".into()))?,
+            );
         }
         Ok(out)
     }
@@ -273,7 +285,8 @@ impl Store {
 fn is_fresh(path: &Path) -> Result<bool> {
     match std::fs::read_dir(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(path).map_err(|e| Error::Open(format!("{}: {e}", path.display())))?;
+            std::fs::create_dir_all(path)
+                .map_err(|e| Error::Open(format!("{}: {e}", path.display())))?;
             Ok(true)
         }
         Err(e) => Err(Error::Open(format!("{}: {e}", path.display()))),
@@ -301,7 +314,10 @@ fn open_error(path: &Path, e: rocksdb::Error) -> Error {
             path.display()
         ))
     } else {
-        Error::Open(format!("{}: cannot open the database: {msg}", path.display()))
+        Error::Open(format!(
+            "{}: cannot open the database: {msg}",
+            path.display()
+        ))
     }
 }
 
@@ -317,15 +333,20 @@ fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
     let cf = db.cf_handle(CF_KV).expect("kv cf");
     for item in db.iterator_cf(cf, IteratorMode::Start) {
         let (k, v) = item?;
-        let (rev, tombstone) =
-            Revision::from_key(&k).ok_or_else(|| Error::Corrupt(format!("bad revision key {k:?}")))?;
+        let (rev, tombstone) = Revision::from_key(&k)
+            .ok_or_else(|| Error::Corrupt(format!("bad revision key {k:?}")))?;
         let kv = decode_kv(&v)?;
         if tombstone {
             // A tombstone whose generation was partly compacted away hides
             // nothing; it is dropped by the next compaction.
             tree.tombstone(&kv.key, rev);
         } else {
-            tree.put_restored(&kv.key, rev, Revision::new(kv.create_revision, 0), kv.version);
+            tree.put_restored(
+                &kv.key,
+                rev,
+                Revision::new(kv.create_revision, 0),
+                kv.version,
+            );
         }
         max_rev = max_rev.max(rev.main);
     }

@@ -6,8 +6,8 @@ use ballast_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetU
 use ballast_proto::etcdserverpb::request_op::Request;
 use ballast_proto::etcdserverpb::response_op::Response;
 use ballast_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use prost::Message;
@@ -109,16 +109,22 @@ impl<'a> WriteTxn<'a> {
             let ix = self.inner.index.read();
             range::plan(&ix.tree, req, self.rev(), ix.compact_rev)?
         };
-        let kvs = plan.revs.iter().map(|r| self.fetch(*r)).collect::<Result<Vec<_>>>()?;
+        let kvs = plan
+            .revs
+            .iter()
+            .map(|r| self.fetch(*r))
+            .collect::<Result<Vec<_>>>()?;
         Ok(range::finish(req, plan, kvs))
     }
 
     /// Keys of a range at the transaction's revision.
     fn keys_in(&self, key: &[u8], range_end: &[u8]) -> Vec<(Vec<u8>, KeyAt)> {
         let ix = self.inner.index.read();
-        let (found, _) = ix
-            .tree
-            .range(KeyRange::from_request(key, range_end), self.begin_rev + 1, 0);
+        let (found, _) = ix.tree.range(
+            KeyRange::from_request(key, range_end),
+            self.begin_rev + 1,
+            0,
+        );
         found.into_iter().map(|(k, at)| (k.to_vec(), at)).collect()
     }
 
@@ -181,7 +187,9 @@ impl<'a> WriteTxn<'a> {
         if found.is_empty() {
             // A missing key compares as a zero-valued pair, but a value
             // compare on it always fails.
-            return Ok(target != Some(CompareTarget::Value) && compare_kv(c, target, &KeyValue::default()));
+            return Ok(
+                target != Some(CompareTarget::Value) && compare_kv(c, target, &KeyValue::default())
+            );
         }
         for (key, at) in found {
             let kv = match target {
@@ -287,8 +295,12 @@ impl<'a> WriteTxn<'a> {
             let response = match &op.request {
                 Some(Request::RequestRange(r)) => Response::ResponseRange(self.range(r)?),
                 Some(Request::RequestPut(p)) => Response::ResponsePut(self.put(p)?),
-                Some(Request::RequestDeleteRange(d)) => Response::ResponseDeleteRange(self.delete_range(d)?),
-                Some(Request::RequestTxn(nested)) => Response::ResponseTxn(self.txn(nested, path, at)?),
+                Some(Request::RequestDeleteRange(d)) => {
+                    Response::ResponseDeleteRange(self.delete_range(d)?)
+                }
+                Some(Request::RequestTxn(nested)) => {
+                    Response::ResponseTxn(self.txn(nested, path, at)?)
+                }
                 None => continue,
             };
             responses.push(ResponseOp {
@@ -316,9 +328,8 @@ fn branch(t: &TxnRequest, succeeded: bool) -> &[RequestOp] {
 /// unknown target compares equal and an unknown result holds.
 fn compare_kv(c: &Compare, target: Option<CompareTarget>, kv: &KeyValue) -> bool {
     let Some(target) = target else {
-        return CompareResult::try_from(c.result).map_or(true, |r| {
-            matches!(r, CompareResult::Equal)
-        });
+        return CompareResult::try_from(c.result)
+            .map_or(true, |r| matches!(r, CompareResult::Equal));
     };
     let ord = match target {
         CompareTarget::Value => {

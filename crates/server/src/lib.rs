@@ -1,1 +1,27 @@
+//! The Ballast member: etcd v3 gRPC services over the MVCC engine.
+//!
+//! [`run`] starts a member from a [`MemberConfig`] (etcd's flags). Reads are
+//! answered by the engine directly; writes go through a [`Proposer`], which
+//! applies them in order and batches concurrent ones into one synced write.
+//! Requests are checked as etcd's gRPC layer checks them ([`validate`]) and
+//! errors carry etcd's codes and messages ([`EtcdError`]).
+#![deny(missing_docs)]
 
+pub mod config;
+pub mod errors;
+pub mod identity;
+pub mod kv;
+pub mod proposer;
+mod server;
+pub mod validate;
+
+pub use config::MemberConfig;
+pub use errors::EtcdError;
+pub use proposer::Proposer;
+pub use server::run;
+
+/// The etcd version Ballast reports to clients (`Status.version`,
+/// `/version`); kube-apiserver enables features by it.
+pub const ETCD_VERSION: &str = "3.5.17";
+/// The etcd cluster version Ballast reports.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";

@@ -1,1 +1,79 @@
-fn main(){}
+//! The `ballast` binary: an etcd v3 compatible member, started with etcd's
+//! flags.
+
+use clap::{CommandFactory, Parser};
+use tracing_subscriber::EnvFilter;
+
+use ballast_server::{MemberConfig, ETCD_VERSION};
+
+/// Ballast: a Raft-replicated key-value store that speaks the etcd v3 API.
+#[derive(Parser, Debug)]
+#[command(name = "ballast", version = concat!(env!("CARGO_PKG_VERSION"), " (etcd API ", "3.5", ")"))]
+struct Cli {
+    #[command(flatten)]
+    member: MemberConfig,
+}
+
+/// etcd (Go's flag package) accepts `-name value` as well as `--name value`:
+/// rewrite single-dash long flags that name one of our flags.
+fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    let cmd = Cli::command();
+    let longs: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .chain(["version".to_string(), "help".to_string()])
+        .collect();
+    args.enumerate()
+        .map(|(i, a)| {
+            if i > 0 && a.starts_with('-') && !a.starts_with("--") {
+                let name = a[1..].split('=').next().unwrap_or("");
+                if longs.iter().any(|l| l == name) {
+                    return format!("-{a}");
+                }
+            }
+            a
+        })
+        .collect()
+}
+
+fn init_logging(level: &str) {
+    let level = match level {
+        "panic" | "fatal" => "error",
+        other => other,
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    init_logging(&cli.member.log_level);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        etcd_api = ETCD_VERSION,
+        "starting ballast"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = rt.block_on(ballast_server::run(cli.member, shutdown_signal())) {
+        tracing::error!("{e:#}");
+        eprintln!("ballast: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,91 @@
+//! etcd's client-facing errors: each maps to the gRPC code and message
+//! (`etcdserver: ...`) etcd 3.5 sends, so client libraries classify them.
+
+use tonic::{Code, Status};
+
+/// An error as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdError {
+    /// A request without a key.
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// `ignore_value`/`ignore_lease` on a missing key, or an empty txn op.
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// `ignore_value` together with a value.
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// `ignore_lease` together with a lease.
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// More txn operations than `--max-txn-ops`.
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A txn branch writes one key twice.
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// An unknown sort order or target.
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    /// A request over `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// The requested revision was compacted.
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// The requested revision is in the future.
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    /// The lease does not exist.
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// The member is shutting down.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// The member's storage failed; it refuses writes until restarted.
+    #[error("etcdserver: {0}")]
+    Storage(String),
+    /// Stored data does not decode.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+}
+
+impl EtcdError {
+    /// The gRPC code etcd uses for this error.
+    pub fn code(&self) -> Code {
+        use EtcdError::*;
+        match self {
+            EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+            | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
+            Compacted | FutureRev => Code::OutOfRange,
+            LeaseNotFound => Code::NotFound,
+            Stopped => Code::Unavailable,
+            Storage(_) => Code::Internal,
+            Corrupt => Code::DataLoss,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<ballast_mvcc::Error> for EtcdError {
+    fn from(e: ballast_mvcc::Error) -> EtcdError {
+        use ballast_mvcc::Error as M;
+        match e {
+            M::Compacted => EtcdError::Compacted,
+            M::FutureRev => EtcdError::FutureRev,
+            M::KeyNotFound => EtcdError::KeyNotFound,
+            M::LeaseNotFound => EtcdError::LeaseNotFound,
+            M::Corrupt(msg) => {
+                tracing::error!(error = %msg, "corrupt data");
+                EtcdError::Corrupt
+            }
+            other => EtcdError::Storage(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The etcd v3 KV service.
+
+use ballast_mvcc::{CommandResponse, Store};
+use ballast_proto::ballastpb::{command::Op, Command};
+use ballast_proto::etcdserverpb::kv_server::Kv;
+use ballast_proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use crate::errors::EtcdError;
+use crate::proposer::Proposer;
+use crate::validate;
+
+/// Static facts every response header carries.
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderInfo {
+    /// The cluster ID.
+    pub cluster_id: u64,
+    /// This member's ID.
+    pub member_id: u64,
+    /// The Raft term (fixed for a single member without Raft).
+    pub raft_term: u64,
+}
+
+impl HeaderInfo {
+    /// Completes a header the engine filled with its revision.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>, current_rev: i64) {
+        let h = header.get_or_insert_with(Default::default);
+        h.cluster_id = self.cluster_id;
+        h.member_id = self.member_id;
+        h.raft_term = self.raft_term;
+        if h.revision == 0 {
+            h.revision = current_rev;
+        }
+    }
+}
+
+/// Limits from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+}
+
+/// KV over the MVCC engine: reads go straight to the engine, writes through
+/// the [`Proposer`].
+pub struct KvService {
+    store: Store,
+    proposer: Proposer,
+    header: HeaderInfo,
+    limits: Limits,
+}
+
+impl KvService {
+    /// A KV service over `store`, writing through `proposer`.
+    pub fn new(store: Store, proposer: Proposer, header: HeaderInfo, limits: Limits) -> Self {
+        KvService {
+            store,
+            proposer,
+            header,
+            limits,
+        }
+    }
+
+    fn check_size(&self, req: &impl Message) -> Result<(), EtcdError> {
+        if req.encoded_len() > self.limits.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn write(&self, op: Op) -> Result<CommandResponse, Status> {
+        Ok(self.proposer.propose(Command { op: Some(op) }).await?)
+    }
+
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        self.header.fill(header, self.store.current_revision());
+    }
+}
+
+fn unexpected(what: &str) -> Status {
+    Status::internal(format!("etcdserver: unexpected response to {what}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::range(&req)?;
+        let store = self.store.clone();
+        let mut resp = tokio::task::spawn_blocking(move || store.range(&req))
+            .await
+            .map_err(|_| EtcdError::Stopped)?
+            .map_err(EtcdError::from)?;
+        self.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        validate::put(&req)?;
+        self.check_size(&req)?;
+        match self.write(Op::Put(req)).await? {
+            CommandResponse::Put(mut r) => {
+                self.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("put")),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        validate::delete_range(&req)?;
+        self.check_size(&req)?;
+        match self.write(Op::DeleteRange(req)).await? {
+            CommandResponse::DeleteRange(mut r) => {
+                self.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("delete range")),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        validate::txn(&req, self.limits.max_txn_ops)?;
+        self.check_size(&req)?;
+        match self.write(Op::Txn(req)).await? {
+            CommandResponse::Txn(mut r) => {
+                self.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("txn")),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        let physical = req.physical;
+        let rev = req.revision;
+        match self.write(Op::Compaction(req)).await? {
+            CommandResponse::Compaction(mut r) => {
+                if physical {
+                    let store = self.store.clone();
+                    tokio::task::spawn_blocking(move || store.wait_compacted(rev))
+                        .await
+                        .map_err(|_| EtcdError::Stopped)?;
+                }
+                self.fill(&mut r.header);
+                Ok(Response::new(r))
+            }
+            _ => Err(unexpected("compact")),
+        }
+    }
+}
