@@ -53,6 +53,19 @@ impl Store {
     /// The outer error means the write to disk failed: nothing of the batch
     /// is acknowledged, and the store refuses every later write.
     pub fn apply(&self, entries: &[(u64, Command)]) -> Result<Vec<Result<CommandResponse>>> {
+        self.apply_with_meta(entries, &[])
+    }
+
+    /// Like [`Store::apply`], and also writes `meta` records (name, value)
+    /// in the same atomic write, for the caller's own bookkeeping (a
+    /// replication layer records its applied log position this way). Names
+    /// must not collide with the engine's (see [`crate::schema`]); `entries`
+    /// may be empty.
+    pub fn apply_with_meta(
+        &self,
+        entries: &[(u64, Command)],
+        meta: &[(&[u8], &[u8])],
+    ) -> Result<Vec<Result<CommandResponse>>> {
         let inner = &*self.inner;
         let mut w = inner.writer.lock();
         if inner.poisoned.load(Ordering::Acquire) {
@@ -91,6 +104,9 @@ impl Store {
             };
             w.applied_index = *index;
             out.push(res);
+        }
+        for (name, value) in meta {
+            pending.wb.put_cf(inner.cf(CF_META), name, value);
         }
         commit(inner, &w, pending)?;
         Ok(out)

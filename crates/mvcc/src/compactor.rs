@@ -21,10 +21,15 @@ const DELETES_PER_BATCH: usize = 10_000;
 pub(crate) struct Compactor {
     state: Mutex<CompactorState>,
     changed: Condvar,
+    /// Held while a compaction job runs; [`Compactor::pause`] takes it.
+    work: Mutex<()>,
 }
 
 struct CompactorState {
-    queue: VecDeque<(i64, HashSet<Revision>)>,
+    /// Jobs with the epoch they were scheduled in.
+    queue: VecDeque<(u64, i64, HashSet<Revision>)>,
+    /// Bumped by [`Compactor::pause`]: jobs of an older epoch are stale.
+    epoch: u64,
     finished: i64,
     stopped: bool,
 }
@@ -34,11 +39,29 @@ impl Compactor {
         Compactor {
             state: Mutex::new(CompactorState {
                 queue: VecDeque::new(),
+                epoch: 0,
                 finished,
                 stopped: false,
             }),
             changed: Condvar::new(),
+            work: Mutex::new(()),
         }
+    }
+
+    /// Waits for the running job to end and drops queued ones; no job runs
+    /// until the guard is dropped. The caller reschedules what is still due.
+    pub fn pause(&self) -> parking_lot::MutexGuard<'_, ()> {
+        let guard = self.work.lock();
+        let mut st = self.state.lock();
+        st.queue.clear();
+        st.epoch += 1;
+        guard
+    }
+
+    /// Records where physical compaction stands (after a snapshot install).
+    pub fn set_finished(&self, finished: i64) {
+        self.state.lock().finished = finished;
+        self.changed.notify_all();
     }
 
     /// Starts the background thread. It holds the store only while it
@@ -58,7 +81,10 @@ impl Compactor {
 
     /// Queues the removal of every version at or before `rev` not in `keep`.
     pub fn schedule(&self, rev: i64, keep: HashSet<Revision>) {
-        self.state.lock().queue.push_back((rev, keep));
+        let mut st = self.state.lock();
+        let epoch = st.epoch;
+        st.queue.push_back((epoch, rev, keep));
+        drop(st);
         self.changed.notify_all();
     }
 
@@ -78,7 +104,7 @@ impl Compactor {
 
 fn run(shared: Arc<Compactor>, weak: Weak<Inner>) {
     loop {
-        let (rev, keep) = {
+        let (epoch, rev, keep) = {
             let mut st = shared.state.lock();
             loop {
                 if st.stopped {
@@ -91,7 +117,16 @@ fn run(shared: Arc<Compactor>, weak: Weak<Inner>) {
             }
         };
         let Some(inner) = weak.upgrade() else { return };
-        match remove_old_versions(&inner, &shared, rev, &keep) {
+        let work = shared.work.lock();
+        {
+            let st = shared.state.lock();
+            if st.epoch != epoch || st.finished >= rev {
+                continue;
+            }
+        }
+        let res = remove_old_versions(&inner, &shared, rev, &keep);
+        drop(work);
+        match res {
             Ok(Some(removed)) => {
                 tracing::debug!(revision = rev, removed, "compaction finished");
                 shared.state.lock().finished = rev;

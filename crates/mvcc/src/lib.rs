@@ -51,6 +51,7 @@ mod key_index;
 mod range;
 mod revision;
 pub mod schema;
+mod snapshot;
 mod store;
 mod txn;
 

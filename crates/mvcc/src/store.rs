@@ -134,6 +134,13 @@ impl Store {
                 }
             }
         }
+        if db.get_cf(meta, crate::snapshot::META_INSTALLING)?.is_some() {
+            return Err(Error::Open(format!(
+                "{}: a snapshot install was interrupted and the store is incomplete; \
+                 remove this data directory and let the member catch up again",
+                path.display()
+            )));
+        }
         let read_meta = |k: &[u8]| -> Result<u64> {
             match db.get_cf(meta, k)? {
                 None => Ok(0),
@@ -236,6 +243,11 @@ impl Store {
         Ok(range::finish(req, plan, kvs))
     }
 
+    /// Reads a meta record written with [`Store::apply_with_meta`].
+    pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.inner.db.get_cf(self.inner.cf(CF_META), name)?)
+    }
+
     /// Blocks until the old versions of compaction `rev` (and earlier ones)
     /// are removed from disk.
     pub fn wait_compacted(&self, rev: i64) {
@@ -327,7 +339,7 @@ pub(crate) fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
 
 /// Rebuilds the key index from every stored revision; returns it with the
 /// newest revision found.
-fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
+pub(crate) fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
     let mut tree = TreeIndex::default();
     let mut max_rev = 0;
     let cf = db.cf_handle(CF_KV).expect("kv cf");
