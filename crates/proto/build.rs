@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "authpb/auth.proto",
         "etcdserverpb/rpc.proto",
         "ballastpb/command.proto",
+        "ballastpb/raft.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());

@@ -1,0 +1,260 @@
+//! A member's Raft node: openraft wired to the log store, the state machine
+//! over the engine and the peer transport.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ballast_mvcc::{CommandResponse, Store};
+use ballast_proto::ballastpb::raft_peer_client::RaftPeerClient;
+use ballast_proto::ballastpb::{Command, ReadIndexRequest};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, RaftMetrics, SnapshotPolicy};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+use crate::log_store::LogStore;
+use crate::network::{connect_lazy, PeerNetwork, PeerService};
+use crate::state_machine::StateMachine;
+use crate::types::{MemberNode, NodeId, Raft, Request};
+
+/// How to start a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// This member's ID.
+    pub id: NodeId,
+    /// The cluster's ID; peers of other clusters are refused.
+    pub cluster_id: u64,
+    /// Directory of the Raft log database.
+    pub log_dir: PathBuf,
+    /// Directory of snapshot files.
+    pub snap_dir: PathBuf,
+    /// Heartbeat interval (etcd's `--heartbeat-interval`, 100 ms).
+    pub heartbeat: Duration,
+    /// Election timeout (etcd's `--election-timeout`, 1000 ms); openraft
+    /// picks each timeout at random between it and twice it.
+    pub election_timeout: Duration,
+    /// Entries applied between two snapshots (etcd's `--snapshot-count`).
+    pub snapshot_count: u64,
+    /// Entries kept in the log behind a snapshot, for slow followers
+    /// (etcd's `--experimental-snapshot-catchup-entries`, 5000).
+    pub catchup_entries: u64,
+}
+
+impl NodeConfig {
+    /// etcd's defaults for a member with the given ID and directories.
+    pub fn new(id: NodeId, cluster_id: u64, log_dir: PathBuf, snap_dir: PathBuf) -> Self {
+        NodeConfig {
+            id,
+            cluster_id,
+            log_dir,
+            snap_dir,
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            catchup_entries: 5_000,
+        }
+    }
+}
+
+/// Why a write or read barrier could not be served here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NodeError {
+    /// Another member leads: send the request there.
+    #[error("not the leader")]
+    NotLeader {
+        /// The leader, if one is known.
+        leader: Option<(NodeId, MemberNode)>,
+    },
+    /// No leader is known now.
+    #[error("no leader")]
+    NoLeader,
+    /// The node stopped or failed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A running Raft node.
+pub struct RaftNode {
+    /// The openraft instance.
+    pub raft: Raft,
+    id: NodeId,
+    cluster_id: u64,
+    sm: StateMachine,
+    applied: watch::Receiver<u64>,
+    leader_clients: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
+}
+
+impl RaftNode {
+    /// Opens the log and state machine and starts Raft (it joins or leads
+    /// once initialized, see [`RaftNode::bootstrap`]).
+    pub async fn start(cfg: NodeConfig, store: Store) -> Result<Arc<RaftNode>, String> {
+        let log = LogStore::open(&cfg.log_dir)?;
+        let sm = StateMachine::new(store, cfg.snap_dir.clone())?;
+        let election_ms = cfg.election_timeout.as_millis() as u64;
+        let config = Config {
+            cluster_name: format!("{:x}", cfg.cluster_id),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: election_ms,
+            election_timeout_max: election_ms * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_max_chunk_size: 4 << 20,
+            max_payload_entries: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+            max_in_snapshot_log_to_keep: cfg.catchup_entries,
+            ..Default::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| format!("raft config: {e}"))?);
+        let raft = Raft::new(
+            cfg.id,
+            config,
+            PeerNetwork::new(cfg.cluster_id),
+            log,
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| format!("cannot start raft: {e}"))?;
+        Ok(Arc::new(RaftNode {
+            raft,
+            id: cfg.id,
+            cluster_id: cfg.cluster_id,
+            applied: sm.applied_index(),
+            sm,
+            leader_clients: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The gRPC service to serve on the peer URLs.
+    pub fn peer_service(&self) -> PeerService {
+        PeerService::new(self.raft.clone(), self.cluster_id)
+    }
+
+    /// This member's ID.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The engine.
+    pub fn store(&self) -> &Store {
+        self.sm.store()
+    }
+
+    /// Creates the cluster with `members` as voters, if this node's log is
+    /// empty; every founding member may call it with the same members.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, MemberNode>) -> Result<(), String> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(());
+        }
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                tracing::debug!(error = %e, "already initialized");
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The latest Raft metrics.
+    pub fn metrics(&self) -> RaftMetrics<NodeId, MemberNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// The current leader and its node record, if known.
+    pub fn leader(&self) -> Option<(NodeId, MemberNode)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+            .unwrap_or_default();
+        Some((id, node))
+    }
+
+    /// Proposes `command` and returns the engine's answer once it is
+    /// committed and applied here. Only the leader accepts proposals.
+    pub async fn write(
+        &self,
+        command: Command,
+    ) -> Result<Result<CommandResponse, ballast_mvcc::Error>, NodeError> {
+        match self.raft.client_write(Request { command }).await {
+            Ok(resp) => resp
+                .data
+                .result
+                .ok_or_else(|| NodeError::Unavailable("entry applied without a result".into())),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
+                Some(id) => Err(NodeError::NotLeader {
+                    leader: Some((id, f.leader_node.unwrap_or_default())),
+                }),
+                None => Err(NodeError::NoLeader),
+            },
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(NodeError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the
+    /// call began, as confirmed by the leader (ReadIndex): a read served
+    /// afterwards is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let index = match self.raft.get_read_log_id().await {
+            Ok((read, _)) => read.map(|l| l.index).unwrap_or(0),
+            Err(RaftError::APIError(_)) => self.remote_read_index().await?,
+            Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
+        };
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|a| *a >= index)
+            .await
+            .map_err(|_| NodeError::Unavailable("state machine stopped".into()))?;
+        Ok(())
+    }
+
+    async fn remote_read_index(&self) -> Result<u64, NodeError> {
+        let Some((leader, node)) = self.leader() else {
+            return Err(NodeError::NoLeader);
+        };
+        if leader == self.id {
+            return Err(NodeError::NoLeader);
+        }
+        let client = {
+            let mut clients = self.leader_clients.lock();
+            match clients.get(&leader) {
+                Some(c) => c.clone(),
+                None => {
+                    let (_, ch) = connect_lazy(&node.peer_urls)
+                        .ok_or_else(|| NodeError::Unavailable("leader has no peer URL".into()))?;
+                    let c = RaftPeerClient::new(ch);
+                    clients.insert(leader, c.clone());
+                    c
+                }
+            }
+        };
+        let mut req = tonic::Request::new(ReadIndexRequest {
+            cluster_id: self.cluster_id,
+        });
+        req.set_timeout(Duration::from_secs(5));
+        let mut client = client;
+        match client.read_index(req).await {
+            Ok(r) => Ok(r.into_inner().read_index),
+            Err(s) => Err(NodeError::Unavailable(s.message().to_string())),
+        }
+    }
+
+    /// Stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
