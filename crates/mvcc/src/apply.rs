@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use ballast_proto::ballastpb::{command, Command};
 use ballast_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse, ResponseHeader,
-    TxnResponse,
+    AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse,
+    ResponseHeader, TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use rocksdb::WriteBatch;
@@ -29,6 +29,8 @@ pub enum CommandResponse {
     Txn(TxnResponse),
     /// Response to a compaction (logical; see [`Store::wait_compacted`]).
     Compaction(CompactionResponse),
+    /// Response to an alarm command: the alarms listed, raised or cleared.
+    Alarm(AlarmResponse),
 }
 
 /// Changes of the current batch not yet written: the write batch and the
@@ -80,10 +82,18 @@ impl Store {
                 out.push(Err(Error::AlreadyApplied(*index)));
                 continue;
             }
-            let res = match &cmd.op {
-                None => Err(Error::Corrupt(format!("command at index {index} is empty"))),
-                Some(command::Op::Compaction(c)) => compact(inner, &mut w, &mut pending, *index, c),
-                Some(op) => {
+            // An active alarm refuses writes before anything else is looked at.
+            let refused = cmd.op.as_ref().and_then(|op| w.alarms.refuses(op));
+            let res = match (&cmd.op, refused) {
+                (None, _) => Err(Error::Corrupt(format!("command at index {index} is empty"))),
+                (Some(_), Some(e)) => Err(e),
+                (Some(command::Op::Compaction(c)), None) => {
+                    compact(inner, &mut w, &mut pending, *index, c)
+                }
+                (Some(command::Op::Alarm(a)), None) => {
+                    Ok(crate::alarm::apply(inner, &mut w.alarms, &mut pending, a))
+                }
+                (Some(op), None) => {
                     let mut txn = WriteTxn::new(inner, &mut pending, w.rev);
                     let res = txn.run(op);
                     let changed = txn.changed();
@@ -126,6 +136,10 @@ fn commit(inner: &Inner, w: &WriterState, mut pending: Pending) -> Result<()> {
         return Err(e.into());
     }
     inner.committed_rev.store(w.rev, Ordering::Release);
+    let mut published = inner.alarms.write();
+    if *published != w.alarms {
+        *published = w.alarms.clone();
+    }
     Ok(())
 }
 

@@ -19,6 +19,14 @@ pub enum Error {
     /// A put named a lease that does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A NOSPACE alarm is active: puts (and txns that put) are refused until
+    /// it is disarmed (etcd's `ErrNoSpace`).
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is active: every write is refused until it is
+    /// disarmed (etcd's `ErrCorrupt`).
+    #[error("corrupt cluster")]
+    CorruptAlarm,
     /// The command was applied before (its log index is not new).
     #[error("command at index {0} was already applied")]
     AlreadyApplied(u64),

@@ -26,6 +26,9 @@ pub struct KeyRange<'a> {
     pub end: Option<&'a [u8]>,
 }
 
+/// The start and end bounds of a [`KeyRange`] in the index's map.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
 impl<'a> KeyRange<'a> {
     /// Builds a range from a request's `key` and `range_end` fields:
     /// an absent `range_end` is one key, `"\0"` means "from `key` on".
@@ -47,7 +50,7 @@ impl<'a> KeyRange<'a> {
         }
     }
 
-    fn bounds(&self) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    fn bounds(&self) -> Option<KeyBounds<'a>> {
         match self.end {
             None => Some((Bound::Included(self.start), Bound::Included(self.start))),
             Some([]) => Some((Bound::Included(self.start), Bound::Unbounded)),
@@ -128,6 +131,16 @@ impl TreeIndex {
             ki.compact(at, &mut keep);
             !ki.is_empty()
         });
+        keep
+    }
+
+    /// The revisions at or before `at` that a compaction at `at` would keep,
+    /// without compacting (etcd's `treeIndex.Keep`).
+    pub fn keep(&self, at: i64) -> HashSet<Revision> {
+        let mut keep = HashSet::new();
+        for ki in self.keys.values() {
+            ki.keep(at, &mut keep);
+        }
         keep
     }
 

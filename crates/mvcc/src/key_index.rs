@@ -153,6 +153,30 @@ impl KeyIndex {
         self.generations.drain(..gi);
     }
 
+    /// Adds to `keep` the revision a compaction at `at` would keep for this
+    /// key, without changing anything (etcd's `keyIndex.keep`): the newest
+    /// revision at or before `at` of the generation alive after `at`, unless
+    /// it is a tombstone ending its generation.
+    pub fn keep(&self, at: i64, keep: &mut HashSet<Revision>) {
+        if self.generations.is_empty() {
+            return;
+        }
+        let mut gi = 0;
+        while gi < self.generations.len() - 1 {
+            match self.generations[gi].revs.last() {
+                Some(tomb) if tomb.main <= at => gi += 1,
+                _ => break,
+            }
+        }
+        let is_last = gi == self.generations.len() - 1;
+        let g = &self.generations[gi];
+        if let Some(n) = g.revs.iter().rposition(|r| r.main <= at) {
+            if n != g.revs.len() - 1 || is_last {
+                keep.insert(g.revs[n]);
+            }
+        }
+    }
+
     /// True when nothing of the key is left (it was compacted away).
     pub fn is_empty(&self) -> bool {
         self.generations.iter().all(|g| g.revs.is_empty())
@@ -232,8 +256,12 @@ mod tests {
             let mut k: Vec<i64> = keep.iter().map(|r| r.main).collect();
             k.sort();
             assert_eq!(&k, kept, "keep at {at}");
-            // Reads at or after the compaction point are unchanged.
+            // `keep` predicts compaction's keep set without changing anything.
             let orig = sample();
+            let mut predicted = HashSet::new();
+            orig.keep(*at, &mut predicted);
+            assert_eq!(predicted, keep, "keep at {at}");
+            // Reads at or after the compaction point are unchanged.
             for rev in *at..20 {
                 assert_eq!(ki.get(rev), orig.get(rev), "compact {at}, read {rev}");
             }

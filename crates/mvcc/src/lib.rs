@@ -2,8 +2,8 @@
 //! RocksDB.
 //!
 //! The engine applies an ordered stream of deterministic commands
-//! ([`Store::apply`]: put, delete-range, txn, compaction, each tagged with
-//! its log index) and answers reads at any retained revision
+//! ([`Store::apply`]: put, delete-range, txn, compaction, alarm, each
+//! tagged with its log index) and answers reads at any retained revision
 //! ([`Store::range`]). It knows nothing of gRPC or Raft: a single member
 //! feeds it commands in arrival order, a replicated member in log order,
 //! and both get the same revisions and data.
@@ -14,6 +14,8 @@
 //! - [`KeyIndex`] and [`TreeIndex`]: the in-memory index from keys to
 //!   their revision history (values stay on disk).
 //! - [`CommandResponse`] and [`Error`]: what applying a command gives.
+//! - [`KvHash`] ([`Store::hash_kv`]) and [`Crc32c`]: etcd's consistency
+//!   hash of the key history.
 //!
 //! # Design
 //! Every change is stored under its revision, so history is append-only and
@@ -43,11 +45,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod alarm;
 mod apply;
 mod compactor;
 mod error;
+mod hash;
 mod index;
 mod key_index;
+mod maintenance;
 mod range;
 mod revision;
 pub mod schema;
@@ -57,6 +62,7 @@ mod txn;
 
 pub use apply::CommandResponse;
 pub use error::{Error, Result};
+pub use hash::{Crc32c, KvHash};
 pub use index::{KeyRange, TreeIndex};
 pub use key_index::{KeyAt, KeyIndex};
 pub use revision::Revision;

@@ -23,6 +23,28 @@ pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
 /// Revision of the last compaction whose old versions are all removed.
 pub const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
 
+/// Prefix of the alarm records: `alarm/` + member ID (8 bytes big-endian) +
+/// alarm type (4 bytes big-endian); the value is a protobuf
+/// `etcdserverpb.AlarmMember`.
+pub const META_ALARM_PREFIX: &[u8] = b"alarm/";
+
+/// True for the meta records that are the engine's replicated content (the
+/// format marker, revision, compaction points and alarms), as opposed to a
+/// member's log position (`applied_index`) and records written by other
+/// layers with [`crate::Store::apply_with_meta`]. A restored backup keeps
+/// only these ([`crate::Store::reset_log_position`]); a new engine record
+/// must be added here.
+pub fn is_engine_meta(key: &[u8]) -> bool {
+    [
+        META_FORMAT,
+        META_CURRENT_REV,
+        META_SCHEDULED_COMPACT,
+        META_FINISHED_COMPACT,
+    ]
+    .contains(&key)
+        || key.starts_with(META_ALARM_PREFIX)
+}
+
 /// Encodes a u64 meta value.
 pub fn u64_bytes(v: u64) -> [u8; 8] {
     v.to_be_bytes()

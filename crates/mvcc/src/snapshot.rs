@@ -117,6 +117,8 @@ impl Store {
         index.compact_rev = scheduled;
         w.applied_index = read(META_APPLIED_INDEX)?;
         w.rev = read(META_CURRENT_REV)? as i64;
+        w.alarms = crate::alarm::AlarmTable::load(&inner.db)?;
+        *inner.alarms.write() = w.alarms.clone();
         inner.committed_rev.store(w.rev, Ordering::Release);
         inner.poisoned.store(false, Ordering::Release);
         inner.compactor.set_finished(finished);

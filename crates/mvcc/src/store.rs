@@ -12,6 +12,7 @@ use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
+use crate::alarm::AlarmTable;
 use crate::compactor::{Compactor, CompactorGuard};
 use crate::error::{Error, Result};
 use crate::index::TreeIndex;
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     pub poisoned: AtomicBool,
     pub compactor: Arc<Compactor>,
     pub write_opts: WriteOptions,
+    /// The alarms as of `committed_rev` (the writer's own copy may be ahead).
+    pub alarms: RwLock<AlarmTable>,
 }
 
 pub(crate) struct IndexState {
@@ -80,6 +83,8 @@ pub(crate) struct WriterState {
     pub applied_index: u64,
     /// The newest revision, including changes not yet committed.
     pub rev: i64,
+    /// The alarms, including changes not yet committed.
+    pub alarms: AlarmTable,
 }
 
 impl Inner {
@@ -159,6 +164,7 @@ impl Store {
             )));
         }
         let keep = (scheduled > 0).then(|| tree.compact(scheduled));
+        let alarms = AlarmTable::load(&db)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
         let inner = Arc::new(Inner {
@@ -172,10 +178,12 @@ impl Store {
             writer: Mutex::new(WriterState {
                 applied_index,
                 rev: current_rev,
+                alarms: alarms.clone(),
             }),
             poisoned: AtomicBool::new(false),
             compactor: Arc::new(Compactor::new(finished)),
             write_opts,
+            alarms: RwLock::new(alarms),
         });
         let guard = Compactor::start(&inner);
         if let Some(keep) = keep {
@@ -252,26 +260,6 @@ impl Store {
     /// are removed from disk.
     pub fn wait_compacted(&self, rev: i64) {
         self.inner.compactor.wait_finished(rev);
-    }
-
-    /// Approximate size of the database files in bytes.
-    pub fn db_size(&self) -> u64 {
-        let cf = self.inner.cf(CF_KV);
-        let sst = self
-            .inner
-            .db
-            .property_int_value_cf(cf, "rocksdb.total-sst-files-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        let mem = self
-            .inner
-            .db
-            .property_int_value_cf(cf, "rocksdb.size-all-mem-tables")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        sst + mem
     }
 
     /// Every stored revision key in the kv column family, oldest first

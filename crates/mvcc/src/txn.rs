@@ -70,6 +70,10 @@ impl<'a> WriteTxn<'a> {
     pub fn run(&mut self, op: &command::Op) -> Result<CommandResponse> {
         match op {
             command::Op::Put(p) => {
+                // etcd's Put looks the lease up before ignore_value/ignore_lease.
+                if !p.ignore_lease && p.lease != 0 {
+                    return Err(Error::LeaseNotFound);
+                }
                 self.check_put(p)?;
                 self.put(p).map(CommandResponse::Put)
             }
@@ -77,10 +81,14 @@ impl<'a> WriteTxn<'a> {
             command::Op::Txn(t) => {
                 let mut path = Vec::new();
                 self.compare_path(t, &mut path)?;
-                self.check_ops(t, &path, &mut 0)?;
+                // As etcd: every put of the path first, then every range.
+                self.check_ops(t, &path, &mut 0, false)?;
+                self.check_ops(t, &path, &mut 0, true)?;
                 self.txn(t, &path, &mut 0).map(CommandResponse::Txn)
             }
-            command::Op::Compaction(_) => unreachable!("compactions are applied by the store"),
+            command::Op::Compaction(_) | command::Op::Alarm(_) => {
+                unreachable!("compactions and alarms are applied by the store")
+            }
         }
     }
 
@@ -131,10 +139,8 @@ impl<'a> WriteTxn<'a> {
     // ----- checks made before any change -----
 
     fn check_put(&self, p: &PutRequest) -> Result<()> {
-        if p.ignore_value || p.ignore_lease {
-            if self.latest(&p.key)?.is_none() {
-                return Err(Error::KeyNotFound);
-            }
+        if (p.ignore_value || p.ignore_lease) && self.latest(&p.key)?.is_none() {
+            return Err(Error::KeyNotFound);
         }
         if !p.ignore_lease && p.lease != 0 {
             // Leases arrive with the lease table; until then none exists.
@@ -167,15 +173,16 @@ impl<'a> WriteTxn<'a> {
         Ok(())
     }
 
-    fn check_ops(&self, t: &TxnRequest, path: &[bool], at: &mut usize) -> Result<()> {
+    /// Checks the puts (`ranges == false`) or the ranges of the path.
+    fn check_ops(&self, t: &TxnRequest, path: &[bool], at: &mut usize, ranges: bool) -> Result<()> {
         let ok = path[*at];
         *at += 1;
         for op in branch(t, ok) {
             match &op.request {
-                Some(Request::RequestPut(p)) => self.check_put(p)?,
-                Some(Request::RequestRange(r)) => self.check_range(r)?,
-                Some(Request::RequestTxn(nested)) => self.check_ops(nested, path, at)?,
-                Some(Request::RequestDeleteRange(_)) | None => {}
+                Some(Request::RequestPut(p)) if !ranges => self.check_put(p)?,
+                Some(Request::RequestRange(r)) if ranges => self.check_range(r)?,
+                Some(Request::RequestTxn(nested)) => self.check_ops(nested, path, at, ranges)?,
+                _ => {}
             }
         }
         Ok(())
@@ -299,7 +306,10 @@ impl<'a> WriteTxn<'a> {
                     Response::ResponseDeleteRange(self.delete_range(d)?)
                 }
                 Some(Request::RequestTxn(nested)) => {
-                    Response::ResponseTxn(self.txn(nested, path, at)?)
+                    let mut resp = self.txn(nested, path, at)?;
+                    // etcd fills only the outermost txn's header.
+                    resp.header = Some(ResponseHeader::default());
+                    Response::ResponseTxn(resp)
                 }
                 None => continue,
             };

@@ -14,13 +14,17 @@
 #![deny(missing_docs)]
 
 mod log_store;
+mod membership;
 mod network;
 mod node;
+mod peer_service;
 mod state_machine;
 mod types;
 
 pub use log_store::LogStore;
-pub use network::{PeerNetwork, PeerService, MAX_PEER_MESSAGE};
-pub use node::{NodeConfig, NodeError, RaftNode};
+pub use membership::{MemberInfo, MembershipChange};
+pub use network::{PeerNetwork, MAX_PEER_MESSAGE};
+pub use node::{NodeConfig, NodeError, RaftNode, WriteResult};
+pub use peer_service::{fetch_cluster_info, PeerService};
 pub use state_machine::{StateMachine, META_APPLIED_LOG, META_MEMBERSHIP};
 pub use types::{Entry, LogId, MemberNode, NodeId, Raft, Request, Response, TypeConfig};

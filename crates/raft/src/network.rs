@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use ballast_proto::ballastpb::raft_peer_client::RaftPeerClient;
-use ballast_proto::ballastpb::raft_peer_server::RaftPeer;
-use ballast_proto::ballastpb::{RaftMessage, ReadIndexRequest, ReadIndexResponse};
+use ballast_proto::ballastpb::RaftMessage;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -16,9 +15,9 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::Request;
 
-use crate::types::{MemberNode, NodeId, Raft, TypeConfig};
+use crate::types::{MemberNode, NodeId, TypeConfig};
 
 /// Largest peer message accepted (snapshot chunks and entry batches).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
@@ -163,85 +162,5 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
-    }
-}
-
-/// The gRPC service peers call; it hands messages to the local Raft.
-pub struct PeerService {
-    raft: Raft,
-    cluster_id: u64,
-}
-
-impl PeerService {
-    /// Serves `raft` to the members of cluster `cluster_id`.
-    pub fn new(raft: Raft, cluster_id: u64) -> Self {
-        PeerService { raft, cluster_id }
-    }
-
-    fn check(&self, cluster_id: u64) -> Result<(), Status> {
-        if cluster_id != self.cluster_id {
-            return Err(Status::failed_precondition(format!(
-                "request from cluster {cluster_id:x}, this member belongs to cluster {:x}",
-                self.cluster_id
-            )));
-        }
-        Ok(())
-    }
-
-    fn reply<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {
-        let payload = bincode::serialize(result).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(RaftMessage {
-            cluster_id: 0,
-            payload,
-        }))
-    }
-}
-
-fn bad_payload(e: bincode::Error) -> Status {
-    Status::invalid_argument(format!("undecodable raft message: {e}"))
-}
-
-#[tonic::async_trait]
-impl RaftPeer for PeerService {
-    async fn append_entries(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        self.check(msg.cluster_id)?;
-        let req: AppendEntriesRequest<TypeConfig> =
-            bincode::deserialize(&msg.payload).map_err(bad_payload)?;
-        Self::reply(&self.raft.append_entries(req).await)
-    }
-
-    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        self.check(msg.cluster_id)?;
-        let req: VoteRequest<NodeId> = bincode::deserialize(&msg.payload).map_err(bad_payload)?;
-        Self::reply(&self.raft.vote(req).await)
-    }
-
-    async fn install_snapshot(
-        &self,
-        request: Request<RaftMessage>,
-    ) -> Result<Response<RaftMessage>, Status> {
-        let msg = request.into_inner();
-        self.check(msg.cluster_id)?;
-        let req: InstallSnapshotRequest<TypeConfig> =
-            bincode::deserialize(&msg.payload).map_err(bad_payload)?;
-        Self::reply(&self.raft.install_snapshot(req).await)
-    }
-
-    async fn read_index(
-        &self,
-        request: Request<ReadIndexRequest>,
-    ) -> Result<Response<ReadIndexResponse>, Status> {
-        self.check(request.into_inner().cluster_id)?;
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(Response::new(ReadIndexResponse {
-                read_index: read_log_id.map(|l| l.index).unwrap_or(0),
-            })),
-            Err(e) => Err(Status::unavailable(format!("etcdserver: not leader ({e})"))),
-        }
     }
 }

@@ -8,17 +8,19 @@ use std::time::Duration;
 
 use ballast_mvcc::{CommandResponse, Store};
 use ballast_proto::ballastpb::raft_peer_client::RaftPeerClient;
-use ballast_proto::ballastpb::{Command, ReadIndexRequest};
+use ballast_proto::ballastpb::{Command, ProposeRequest, ReadIndexRequest};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{Config, RaftMetrics, SnapshotPolicy};
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tonic::transport::Channel;
 
 use crate::log_store::LogStore;
-use crate::network::{connect_lazy, PeerNetwork, PeerService};
-use crate::state_machine::StateMachine;
-use crate::types::{MemberNode, NodeId, Raft, Request};
+use crate::network::{connect_lazy, PeerNetwork};
+use crate::peer_service::PeerService;
+use crate::state_machine::{StateMachine, MAX_COMMANDS_PER_ENTRY};
+use crate::types::{from_proto, MemberNode, NodeId, Raft, Request};
 
 /// How to start a node.
 #[derive(Clone, Debug)]
@@ -71,9 +73,86 @@ pub enum NodeError {
     /// No leader is known now.
     #[error("no leader")]
     NoLeader,
-    /// The node stopped or failed.
+    /// The node stopped or failed, or the leader could not be reached.
     #[error("{0}")]
     Unavailable(String),
+    /// The request was refused (an etcd error message, e.g. `etcdserver:
+    /// member not found`).
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// The answer to a proposal: the engine's result and the log index.
+pub type WriteResult = Result<(Result<CommandResponse, ballast_mvcc::Error>, u64), NodeError>;
+
+struct Proposal {
+    command: Command,
+    reply: oneshot::Sender<WriteResult>,
+}
+
+/// Log entries being proposed at once; while they are in flight, new
+/// proposals gather into the next entry.
+const MAX_INFLIGHT_ENTRIES: usize = 8;
+/// Most commands gathered into one entry.
+const MAX_BATCH: usize = 1024;
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            Some(id) => NodeError::NotLeader {
+                leader: Some((id, f.leader_node.unwrap_or_default())),
+            },
+            None => NodeError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::Unavailable(e.to_string())
+        }
+        RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
+    }
+}
+
+/// Gathers proposals into log entries.
+async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+    let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ENTRIES));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH.min(MAX_COMMANDS_PER_ENTRY) {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            match raft.client_write(Request { commands }).await {
+                Ok(resp) => {
+                    let index = resp.log_id.index;
+                    let mut results = resp.data.results.into_iter();
+                    for reply in replies {
+                        let r = results
+                            .next()
+                            .ok_or_else(|| {
+                                NodeError::Unavailable("entry applied without a result".into())
+                            })
+                            .map(|r| (r, index));
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    let err = client_write_error(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// A running Raft node.
@@ -85,6 +164,7 @@ pub struct RaftNode {
     sm: StateMachine,
     applied: watch::Receiver<u64>,
     leader_clients: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
+    proposals: mpsc::Sender<Proposal>,
 }
 
 impl RaftNode {
@@ -116,7 +196,10 @@ impl RaftNode {
         )
         .await
         .map_err(|e| format!("cannot start raft: {e}"))?;
+        let (proposals, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(batch_proposals(raft.clone(), rx));
         Ok(Arc::new(RaftNode {
+            proposals,
             raft,
             id: cfg.id,
             cluster_id: cfg.cluster_id,
@@ -127,8 +210,80 @@ impl RaftNode {
     }
 
     /// The gRPC service to serve on the peer URLs.
-    pub fn peer_service(&self) -> PeerService {
-        PeerService::new(self.raft.clone(), self.cluster_id)
+    pub fn peer_service(self: &Arc<Self>) -> PeerService {
+        PeerService::new(self.clone())
+    }
+
+    /// The cluster's ID.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// A client to a peer's service (cached per member).
+    pub(crate) fn peer_client(
+        &self,
+        id: NodeId,
+        node: &MemberNode,
+    ) -> Result<RaftPeerClient<Channel>, NodeError> {
+        let mut clients = self.leader_clients.lock();
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let (_, ch) = connect_lazy(&node.peer_urls).ok_or_else(|| {
+            NodeError::Unavailable(format!("member {id:x} has no usable peer URL"))
+        })?;
+        let c = RaftPeerClient::new(ch)
+            .max_decoding_message_size(crate::network::MAX_PEER_MESSAGE)
+            .max_encoding_message_size(crate::network::MAX_PEER_MESSAGE);
+        clients.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Proposes `command` through the leader (here, or forwarded to it) and
+    /// returns the engine's answer and the log index it was applied at,
+    /// once this member has applied it too.
+    pub async fn propose(&self, command: Command) -> WriteResult {
+        match self.write_local(command.clone()).await {
+            Err(NodeError::NotLeader {
+                leader: Some((id, node)),
+            }) if id != self.id => {
+                let mut client = self.peer_client(id, &node)?;
+                let mut req = tonic::Request::new(ProposeRequest {
+                    cluster_id: self.cluster_id,
+                    command: command.encode_to_vec(),
+                });
+                req.set_timeout(Duration::from_secs(10));
+                let resp = client.propose(req).await.map_err(|s| match s.code() {
+                    tonic::Code::Unavailable if s.message().contains("no leader") => {
+                        NodeError::NoLeader
+                    }
+                    _ => NodeError::Unavailable(s.message().to_string()),
+                })?;
+                let resp = resp.into_inner();
+                let result = resp
+                    .result
+                    .ok_or_else(|| NodeError::Unavailable("empty answer from the leader".into()))
+                    .and_then(|r| from_proto(r).map_err(NodeError::Unavailable))?;
+                self.wait_applied(resp.index).await?;
+                Ok((result, resp.index))
+            }
+            other => other,
+        }
+    }
+
+    /// Waits until this member has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64) -> Result<(), NodeError> {
+        let mut applied = self.applied.clone();
+        applied
+            .wait_for(|a| *a >= index)
+            .await
+            .map_err(|_| NodeError::Unavailable("state machine stopped".into()))?;
+        Ok(())
+    }
+
+    /// The index of the last entry applied here.
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
     }
 
     /// This member's ID.
@@ -181,28 +336,16 @@ impl RaftNode {
         Some((id, node))
     }
 
-    /// Proposes `command` and returns the engine's answer once it is
-    /// committed and applied here. Only the leader accepts proposals.
-    pub async fn write(
-        &self,
-        command: Command,
-    ) -> Result<Result<CommandResponse, ballast_mvcc::Error>, NodeError> {
-        match self.raft.client_write(Request { command }).await {
-            Ok(resp) => resp
-                .data
-                .result
-                .ok_or_else(|| NodeError::Unavailable("entry applied without a result".into())),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => match f.leader_id {
-                Some(id) => Err(NodeError::NotLeader {
-                    leader: Some((id, f.leader_node.unwrap_or_default())),
-                }),
-                None => Err(NodeError::NoLeader),
-            },
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(NodeError::Unavailable(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),
-        }
+    /// Proposes `command` here; only the leader accepts proposals.
+    /// Commands proposed concurrently share log entries (and fsyncs).
+    pub async fn write_local(&self, command: Command) -> WriteResult {
+        let (reply, wait) = oneshot::channel();
+        self.proposals
+            .send(Proposal { command, reply })
+            .await
+            .map_err(|_| NodeError::Unavailable("etcdserver: server stopped".into()))?;
+        wait.await
+            .map_err(|_| NodeError::Unavailable("etcdserver: server stopped".into()))?
     }
 
     /// Waits until this member has applied everything committed when the
@@ -214,12 +357,7 @@ impl RaftNode {
             Err(RaftError::APIError(_)) => self.remote_read_index().await?,
             Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
         };
-        let mut applied = self.applied.clone();
-        applied
-            .wait_for(|a| *a >= index)
-            .await
-            .map_err(|_| NodeError::Unavailable("state machine stopped".into()))?;
-        Ok(())
+        self.wait_applied(index).await
     }
 
     async fn remote_read_index(&self) -> Result<u64, NodeError> {
@@ -229,24 +367,11 @@ impl RaftNode {
         if leader == self.id {
             return Err(NodeError::NoLeader);
         }
-        let client = {
-            let mut clients = self.leader_clients.lock();
-            match clients.get(&leader) {
-                Some(c) => c.clone(),
-                None => {
-                    let (_, ch) = connect_lazy(&node.peer_urls)
-                        .ok_or_else(|| NodeError::Unavailable("leader has no peer URL".into()))?;
-                    let c = RaftPeerClient::new(ch);
-                    clients.insert(leader, c.clone());
-                    c
-                }
-            }
-        };
+        let mut client = self.peer_client(leader, &node)?;
         let mut req = tonic::Request::new(ReadIndexRequest {
             cluster_id: self.cluster_id,
         });
         req.set_timeout(Duration::from_secs(5));
-        let mut client = client;
         match client.read_index(req).await {
             Ok(r) => Ok(r.into_inner().read_index),
             Err(s) => Err(NodeError::Unavailable(s.message().to_string())),

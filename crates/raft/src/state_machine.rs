@@ -133,6 +133,15 @@ impl StateMachine {
     }
 }
 
+/// The engine's command index for the `i`th command of log entry `log_index`:
+/// strictly increasing in log order, as the engine requires.
+pub(crate) fn engine_index(log_index: u64, i: usize) -> u64 {
+    (log_index << 16) | i as u64
+}
+
+/// Most commands one log entry may carry.
+pub(crate) const MAX_COMMANDS_PER_ENTRY: usize = 1 << 16;
+
 fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -200,20 +209,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut commands = Vec::new();
-        let mut slots = Vec::new();
+        // How many commands each entry carries (0 for blank and membership).
+        let mut counts = Vec::new();
         let mut last = None;
         let mut membership = None;
         for e in entries {
             last = Some(e.log_id);
             match e.payload {
-                EntryPayload::Blank => slots.push(None),
+                EntryPayload::Blank => counts.push(0),
                 EntryPayload::Normal(req) => {
-                    slots.push(Some(commands.len()));
-                    commands.push((e.log_id.index, req.command));
+                    counts.push(req.commands.len());
+                    for (i, c) in req.commands.into_iter().enumerate() {
+                        commands.push((engine_index(e.log_id.index, i), c));
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(e.log_id), m));
-                    slots.push(None);
+                    counts.push(0);
                 }
             }
         }
@@ -236,13 +248,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_write)?
         .map_err(sm_write)?
-        .into_iter()
-        .map(Some)
-        .collect::<Vec<_>>();
-        let out = slots
+        .into_iter();
+        let out = counts
             .into_iter()
-            .map(|slot| Response {
-                result: slot.and_then(|i| results[i].take()),
+            .map(|n| Response {
+                results: results.by_ref().take(n).collect(),
             })
             .collect();
         self.applied.send_replace(last.index);

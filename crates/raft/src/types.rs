@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use ballast_mvcc::CommandResponse;
-use ballast_proto::ballastpb::{apply_result, ApplyError, ApplyResult, Command};
+use ballast_proto::ballastpb::{apply_result, ApplyError, ApplyResult, Command, CommandBatch};
 use prost::Message;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -30,67 +30,71 @@ impl fmt::Display for MemberNode {
     }
 }
 
-/// A replicated request: one engine command.
+/// A replicated request: a batch of engine commands proposed together
+/// (one log entry, one fsync), applied in order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
-    /// The command the engine applies.
-    pub command: Command,
+    /// The commands the engine applies, in order.
+    pub commands: Vec<Command>,
 }
 
 impl fmt::Display for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?}",
-            self.command.op.as_ref().map(std::mem::discriminant)
-        )
+        write!(f, "{} command(s)", self.commands.len())
     }
 }
 
 impl Serialize for Request {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.command.encode_to_vec())
+        let batch = CommandBatch {
+            commands: self.commands.clone(),
+        };
+        s.serialize_bytes(&batch.encode_to_vec())
     }
 }
 
 impl<'de> Deserialize<'de> for Request {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes: serde_bytes_like::Bytes = Deserialize::deserialize(d)?;
-        let command = Command::decode(bytes.0.as_slice()).map_err(serde::de::Error::custom)?;
-        Ok(Request { command })
+        let batch = CommandBatch::decode(bytes.0.as_slice()).map_err(serde::de::Error::custom)?;
+        Ok(Request {
+            commands: batch.commands,
+        })
     }
 }
 
-/// The outcome of applying one log entry: `None` for entries that carry no
-/// command (blank and membership entries).
+/// The outcome of applying one log entry: one result per command (none
+/// for blank and membership entries).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Response {
-    /// The engine's answer to the command.
-    pub result: Option<Result<CommandResponse, ballast_mvcc::Error>>,
+    /// The engine's answers, in command order.
+    pub results: Vec<Result<CommandResponse, ballast_mvcc::Error>>,
 }
 
 impl Serialize for Response {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let encoded: Option<Vec<u8>> = self.result.as_ref().map(|r| to_proto(r).encode_to_vec());
-        encoded.map(serde_bytes_like::Bytes).serialize(s)
+        let encoded: Vec<serde_bytes_like::Bytes> = self
+            .results
+            .iter()
+            .map(|r| serde_bytes_like::Bytes(to_proto(r).encode_to_vec()))
+            .collect();
+        encoded.serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Response {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let bytes: Option<serde_bytes_like::Bytes> = Deserialize::deserialize(d)?;
-        let result = match bytes {
-            None => None,
-            Some(b) => {
-                let r = ApplyResult::decode(b.0.as_slice()).map_err(serde::de::Error::custom)?;
-                Some(from_proto(r).map_err(serde::de::Error::custom)?)
-            }
-        };
-        Ok(Response { result })
+        let encoded: Vec<serde_bytes_like::Bytes> = Deserialize::deserialize(d)?;
+        let mut results = Vec::with_capacity(encoded.len());
+        for b in encoded {
+            let r = ApplyResult::decode(b.0.as_slice()).map_err(serde::de::Error::custom)?;
+            results.push(from_proto(r).map_err(serde::de::Error::custom)?);
+        }
+        Ok(Response { results })
     }
 }
 
-fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> ApplyResult {
+pub(crate) fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> ApplyResult {
     use apply_result::Result as R;
     use ballast_mvcc::Error as E;
     let result = match r {
@@ -98,12 +102,15 @@ fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> ApplyResult {
         Ok(CommandResponse::DeleteRange(x)) => R::DeleteRange(x.clone()),
         Ok(CommandResponse::Txn(x)) => R::Txn(x.clone()),
         Ok(CommandResponse::Compaction(x)) => R::Compaction(x.clone()),
+        Ok(CommandResponse::Alarm(x)) => R::Alarm(x.clone()),
         Err(e) => {
             let (kind, message, index) = match e {
                 E::Compacted => ("compacted", String::new(), 0),
                 E::FutureRev => ("future_rev", String::new(), 0),
                 E::KeyNotFound => ("key_not_found", String::new(), 0),
                 E::LeaseNotFound => ("lease_not_found", String::new(), 0),
+                E::NoSpace => ("no_space", String::new(), 0),
+                E::CorruptAlarm => ("corrupt_alarm", String::new(), 0),
                 E::AlreadyApplied(i) => ("already_applied", String::new(), *i),
                 E::Open(m) => ("open", m.clone(), 0),
                 E::Storage(m) => ("storage", m.clone(), 0),
@@ -122,7 +129,9 @@ fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> ApplyResult {
     }
 }
 
-fn from_proto(r: ApplyResult) -> Result<Result<CommandResponse, ballast_mvcc::Error>, String> {
+pub(crate) fn from_proto(
+    r: ApplyResult,
+) -> Result<Result<CommandResponse, ballast_mvcc::Error>, String> {
     use apply_result::Result as R;
     use ballast_mvcc::Error as E;
     Ok(match r.result.ok_or("empty apply result")? {
@@ -130,11 +139,14 @@ fn from_proto(r: ApplyResult) -> Result<Result<CommandResponse, ballast_mvcc::Er
         R::DeleteRange(x) => Ok(CommandResponse::DeleteRange(x)),
         R::Txn(x) => Ok(CommandResponse::Txn(x)),
         R::Compaction(x) => Ok(CommandResponse::Compaction(x)),
+        R::Alarm(x) => Ok(CommandResponse::Alarm(x)),
         R::Error(e) => Err(match e.kind.as_str() {
             "compacted" => E::Compacted,
             "future_rev" => E::FutureRev,
             "key_not_found" => E::KeyNotFound,
             "lease_not_found" => E::LeaseNotFound,
+            "no_space" => E::NoSpace,
+            "corrupt_alarm" => E::CorruptAlarm,
             "already_applied" => E::AlreadyApplied(e.index),
             "open" => E::Open(e.message),
             "corrupt" => E::Corrupt(e.message),
@@ -222,30 +234,32 @@ mod tests {
     #[test]
     fn payloads_round_trip_through_bincode() {
         let req = Request {
-            command: Command {
+            commands: vec![Command {
                 op: Some(Op::Put(PutRequest {
                     key: b"k".to_vec(),
                     value: vec![7; 100],
                     ..Default::default()
                 })),
-            },
+            }],
         };
         let bytes = bincode::serialize(&req).unwrap();
         assert!(bytes.len() < 130, "compact encoding, got {}", bytes.len());
         assert_eq!(bincode::deserialize::<Request>(&bytes).unwrap(), req);
-        for result in [
-            None,
-            Some(Ok(CommandResponse::Put(PutResponse {
-                header: Some(ResponseHeader {
-                    revision: 3,
-                    ..Default::default()
-                }),
-                prev_kv: None,
-            }))),
-            Some(Err(ballast_mvcc::Error::Compacted)),
-            Some(Err(ballast_mvcc::Error::AlreadyApplied(9))),
+        for results in [
+            vec![],
+            vec![
+                Ok(CommandResponse::Put(PutResponse {
+                    header: Some(ResponseHeader {
+                        revision: 3,
+                        ..Default::default()
+                    }),
+                    prev_kv: None,
+                })),
+                Err(ballast_mvcc::Error::Compacted),
+                Err(ballast_mvcc::Error::AlreadyApplied(9)),
+            ],
         ] {
-            let r = Response { result };
+            let r = Response { results };
             let b = bincode::serialize(&r).unwrap();
             assert_eq!(bincode::deserialize::<Response>(&b).unwrap(), r);
             let j = serde_json::to_vec(&r).unwrap();

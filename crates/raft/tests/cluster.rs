@@ -142,8 +142,8 @@ async fn write(members: &[Member], cmd: Command) -> CommandResponse {
     let start = Instant::now();
     loop {
         let i = leader(members).await;
-        match members[i].node().write(cmd.clone()).await {
-            Ok(r) => return r.unwrap(),
+        match members[i].node().write_local(cmd.clone()).await {
+            Ok((r, _index)) => return r.unwrap(),
             Err(NodeError::NotLeader { .. } | NodeError::NoLeader) => {}
             Err(e) => panic!("write failed: {e}"),
         }

@@ -10,6 +10,8 @@ use clap::Args;
 pub const DEFAULT_MAX_REQUEST_BYTES: u32 = 1536 * 1024;
 /// Default for `--max-txn-ops`, as etcd.
 pub const DEFAULT_MAX_TXN_OPS: u32 = 128;
+/// etcd's default backend quota (`--quota-backend-bytes` 0): 2 GiB.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// What gRPC accepts beyond `--max-request-bytes` (etcd's allowance for
 /// message framing), so that a request just over the limit gets etcd's
 /// `request is too large` rather than a transport error.
@@ -50,6 +52,16 @@ pub struct MemberConfig {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = DEFAULT_MAX_TXN_OPS)]
     pub max_txn_ops: u32,
 
+    /// Raise an alarm when the backend size exceeds this many bytes (0: the
+    /// default, 2 GiB; negative: no quota), as etcd.
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+
     /// Log level: debug, info, warn, error (a tracing filter such as
     /// `ballast=debug` is accepted too; `RUST_LOG` overrides it).
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
@@ -71,6 +83,44 @@ pub struct MemberConfig {
         default_value = "http://localhost:2380"
     )]
     pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping:
+    /// `name=http://host:port,...` (default: this member alone).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// `new` to create a cluster with the members of `--initial-cluster`,
+    /// `existing` to join a running one (after `etcdctl member add`).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Comma-separated URLs to listen on for peer traffic.
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub listen_peer_urls: String,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed entries between two snapshots.
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100_000)]
+    pub snapshot_count: u64,
+
+    /// Entries kept behind a snapshot for slow followers to catch up from.
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub snapshot_catchup_entries: u64,
 }
 
 impl MemberConfig {
@@ -79,6 +129,16 @@ impl MemberConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    /// The backend quota in bytes, as etcd reads `--quota-backend-bytes`:
+    /// 0 is the default (2 GiB), a negative value disables the quota.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            q if q < 0 => None,
+            0 => Some(DEFAULT_QUOTA_BACKEND_BYTES),
+            q => Some(q as u64),
+        }
     }
 }
 

@@ -40,6 +40,15 @@ pub enum EtcdError {
     /// The lease does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// The backend is over its quota, or a NOSPACE alarm is active.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// MoveLeader to a member that does not exist (or is a learner).
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// Downgrade is not implemented by Ballast.
+    #[error("etcdserver: downgrade is not supported")]
+    DowngradeUnsupported,
     /// The member is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -60,6 +69,9 @@ impl EtcdError {
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
             Compacted | FutureRev => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            NoSpace => Code::ResourceExhausted,
+            BadLeaderTransferee => Code::FailedPrecondition,
+            DowngradeUnsupported => Code::Unimplemented,
             Stopped => Code::Unavailable,
             Storage(_) => Code::Internal,
             Corrupt => Code::DataLoss,
@@ -81,6 +93,8 @@ impl From<ballast_mvcc::Error> for EtcdError {
             M::FutureRev => EtcdError::FutureRev,
             M::KeyNotFound => EtcdError::KeyNotFound,
             M::LeaseNotFound => EtcdError::LeaseNotFound,
+            M::NoSpace => EtcdError::NoSpace,
+            M::CorruptAlarm => EtcdError::Corrupt,
             M::Corrupt(msg) => {
                 tracing::error!(error = %msg, "corrupt data");
                 EtcdError::Corrupt

@@ -34,6 +34,69 @@ impl DataDir {
         self.root.join("member").join("kv")
     }
 
+    /// Scratch space for snapshots being sent to clients (emptied at start).
+    pub fn snapshot_tmp(&self) -> PathBuf {
+        self.root.join("member").join("snapshot.tmp")
+    }
+
+    /// Locks the data directory for this process (released when the file
+    /// is dropped or the process exits), before anything in it is opened,
+    /// so a second member on the same directory is refused without
+    /// touching a file.
+    pub fn lock(&self) -> Result<fs::File, String> {
+        use std::os::unix::io::AsRawFd;
+        let member = self.root.join("member");
+        fs::create_dir_all(&member).map_err(|e| format!("{}: {e}", member.display()))?;
+        let path = member.join("ballast.lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock(2) on a file descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(format!(
+                "{}: the data directory is locked by another running member",
+                self.root.display()
+            ));
+        }
+        Ok(f)
+    }
+
+    /// The Raft log database.
+    pub fn raft_log(&self) -> PathBuf {
+        self.root.join("member").join("raft")
+    }
+
+    /// Raft snapshot files.
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("member").join("raft-snapshots")
+    }
+
+    /// The persisted identity, if this member started before.
+    pub fn load_identity(&self) -> Result<Option<Identity>, String> {
+        let path = self.identity_file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: unreadable member identity: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Persists the identity (durably) unless it is already stored.
+    pub fn save_identity(&self, id: &Identity) -> Result<(), String> {
+        if self.load_identity()?.as_ref() == Some(id) {
+            return Ok(());
+        }
+        let path = self.identity_file();
+        write_durably(&path, &serde_json::to_vec_pretty(id).expect("serializable"))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// The persisted [`Identity`].
     pub fn identity_file(&self) -> PathBuf {
         self.root.join("member").join("identity.json")
@@ -43,7 +106,7 @@ impl DataDir {
     /// directory, or one with unrelated files.
     pub fn check(&self) -> Result<(), String> {
         let member = self.root.join("member");
-        for etcd_part in ["wal", "snap"] {
+        for etcd_part in ["wal", "snap/db"] {
             if member.join(etcd_part).exists() {
                 return Err(format!(
                     "{}: this is an etcd data directory (member/{etcd_part} exists), not Ballast's; \

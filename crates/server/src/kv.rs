@@ -1,17 +1,22 @@
 //! The etcd v3 KV service.
 
+use std::sync::Arc;
+
 use ballast_mvcc::{CommandResponse, Store};
 use ballast_proto::ballastpb::{command::Op, Command};
+use ballast_proto::etcdserverpb::alarm_request::AlarmAction;
 use ballast_proto::etcdserverpb::kv_server::Kv;
 use ballast_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    AlarmRequest, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::errors::EtcdError;
 use crate::proposer::Proposer;
+use crate::quota::{self, Quota};
 use crate::validate;
 
 /// Static facts every response header carries.
@@ -54,17 +59,56 @@ pub struct KvService {
     proposer: Proposer,
     header: HeaderInfo,
     limits: Limits,
+    quota: Arc<Quota>,
 }
 
 impl KvService {
     /// A KV service over `store`, writing through `proposer`.
+    /// There is no backend quota until [`KvService::with_quota`] sets one.
     pub fn new(store: Store, proposer: Proposer, header: HeaderInfo, limits: Limits) -> Self {
         KvService {
+            quota: Arc::new(Quota::new(store.clone(), None)),
             store,
             proposer,
             header,
             limits,
         }
+    }
+
+    /// Checks writes against `quota` (`--quota-backend-bytes`).
+    pub fn with_quota(mut self, quota: Arc<Quota>) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// As etcd's `quotaKVServer`: a write that does not fit raises this
+    /// member's NOSPACE alarm (through the log, like any state change) and
+    /// fails with `database space exceeded`.
+    async fn check_quota(&self, cost: u64) -> Result<(), Status> {
+        if self.quota.available(cost) {
+            return Ok(());
+        }
+        let raise = AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: self.header.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        if let Err(e) = self
+            .proposer
+            .propose(Command {
+                op: Some(Op::Alarm(raise)),
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not raise the NOSPACE alarm");
+        } else {
+            tracing::warn!(
+                quota = self.quota.limit().unwrap_or(0),
+                db_size = self.store.db_size(),
+                "database space exceeded; NOSPACE alarm raised"
+            );
+        }
+        Err(EtcdError::NoSpace.into())
     }
 
     fn check_size(&self, req: &impl Message) -> Result<(), EtcdError> {
@@ -108,6 +152,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::put(&req)?;
         self.check_size(&req)?;
+        self.check_quota(quota::put_cost(&req)).await?;
         match self.write(Op::Put(req)).await? {
             CommandResponse::Put(mut r) => {
                 self.fill(&mut r.header);
@@ -137,6 +182,7 @@ impl Kv for KvService {
         let req = request.into_inner();
         validate::txn(&req, self.limits.max_txn_ops)?;
         self.check_size(&req)?;
+        self.check_quota(quota::txn_cost(&req)).await?;
         match self.write(Op::Txn(req)).await? {
             CommandResponse::Txn(mut r) => {
                 self.fill(&mut r.header);

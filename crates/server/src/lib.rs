@@ -1,17 +1,25 @@
 //! The Ballast member: etcd v3 gRPC services over the MVCC engine.
 //!
-//! [`run`] starts a member from a [`MemberConfig`] (etcd's flags). Reads are
-//! answered by the engine directly; writes go through a [`Proposer`], which
-//! applies them in order and batches concurrent ones into one synced write.
-//! Requests are checked as etcd's gRPC layer checks them ([`validate`]) and
-//! errors carry etcd's codes and messages ([`EtcdError`]).
+//! [`run`] starts a member from a [`MemberConfig`] (etcd's flags): the KV
+//! and Maintenance gRPC services, and etcd's `/health`, `/version` and
+//! `/metrics` on the same client URLs ([`http`]). Reads are answered by the
+//! engine directly; writes go through a [`Proposer`], which applies them in
+//! order and batches concurrent ones into one synced write. Requests are
+//! checked as etcd's gRPC layer checks them ([`validate`], the backend
+//! [`quota`]) and errors carry etcd's codes and messages ([`EtcdError`]).
+//! [`restore`] makes a data directory from a snapshot file.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod errors;
+pub mod http;
 pub mod identity;
 pub mod kv;
+pub mod maintenance;
+pub mod metrics;
 pub mod proposer;
+pub mod quota;
+pub mod restore;
 mod server;
 pub mod validate;
 

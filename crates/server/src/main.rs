@@ -1,17 +1,58 @@
 //! The `ballast` binary: an etcd v3 compatible member, started with etcd's
 //! flags.
 
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use ballast_server::restore::RestoreOptions;
 use ballast_server::{MemberConfig, ETCD_VERSION};
 
 /// Ballast: a Raft-replicated key-value store that speaks the etcd v3 API.
+///
+/// Without a subcommand, runs a member with etcd's flags.
 #[derive(Parser, Debug)]
 #[command(name = "ballast", version = concat!(env!("CARGO_PKG_VERSION"), " (etcd API ", "3.5", ")"))]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Tool>,
     #[command(flatten)]
     member: MemberConfig,
+}
+
+/// Offline tools, as etcdutl's.
+#[derive(Subcommand, Debug)]
+enum Tool {
+    /// Work with snapshot files saved by `etcdctl snapshot save`.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotTool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotTool {
+    /// Make a new data directory from a snapshot file; a member started on
+    /// it has the snapshot's keys, revisions and compaction point.
+    Restore(RestoreOptions),
+}
+
+fn restore(opts: &RestoreOptions) {
+    match ballast_server::restore::restore(opts) {
+        Ok(r) => println!(
+            "Restored {} into {}: member {} ({:x}), cluster {:x}, revision {}, compacted at {}",
+            opts.file.display(),
+            r.data_dir.display(),
+            r.identity.name,
+            r.identity.member_id,
+            r.identity.cluster_id,
+            r.revision,
+            r.compact_revision
+        ),
+        Err(e) => {
+            eprintln!("ballast: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// etcd (Go's flag package) accepts `-name value` as well as `--name value`:
@@ -62,6 +103,13 @@ async fn shutdown_signal() {
 fn main() {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
     init_logging(&cli.member.log_level);
+    if let Some(Tool::Snapshot {
+        command: SnapshotTool::Restore(opts),
+    }) = &cli.command
+    {
+        restore(opts);
+        return;
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         etcd_api = ETCD_VERSION,

@@ -8,15 +8,21 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::kv_server::KvServer;
+use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::{listen_addrs, split_urls, MemberConfig, GRPC_OVERHEAD_BYTES};
+use crate::http::{with_http, HttpState};
 use crate::identity::DataDir;
 use crate::kv::{HeaderInfo, KvService, Limits};
+use crate::maintenance::MaintenanceService;
+use crate::metrics::{MemberFacts, Metrics};
 use crate::proposer::Proposer;
+use crate::quota::Quota;
 
 /// Runs a member until `shutdown` completes, then stops serving and closes
 /// the store.
@@ -75,8 +81,39 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
     };
-    let proposer = Proposer::start(store.clone());
-    let kv = Arc::new(KvService::new(store.clone(), proposer, header, limits));
+    let snapshot_dir = data_dir.snapshot_tmp();
+    // Leftovers of snapshots that were being sent when the member stopped.
+    match std::fs::remove_dir_all(&snapshot_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot clear {}", snapshot_dir.display()));
+        }
+        _ => {}
+    }
+    let quota_bytes = cfg.quota_bytes();
+    match quota_bytes {
+        Some(q) => tracing::info!(quota_backend_bytes = q, "backend quota"),
+        None => tracing::info!("backend quota disabled"),
+    }
+    let metrics = Arc::new(Metrics::default());
+    let proposer = Proposer::start_with_metrics(store.clone(), metrics.clone());
+    let apply_stopped = proposer.stopped();
+    let quota = Arc::new(Quota::new(store.clone(), quota_bytes));
+    let kv =
+        Arc::new(KvService::new(store.clone(), proposer.clone(), header, limits).with_quota(quota));
+    let maintenance = Arc::new(MaintenanceService::new(
+        store.clone(),
+        proposer,
+        header,
+        snapshot_dir,
+    ));
+    let http_state = Arc::new(HttpState {
+        store: store.clone(),
+        metrics,
+        facts: MemberFacts {
+            member_id: identity.member_id,
+            quota_bytes,
+        },
+    });
     let max_decode = cfg.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -85,15 +122,23 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         let local = listener.local_addr()?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = stop_rx.clone();
+        let grpc = Routes::new(
+            KvServer::from_arc(kv.clone())
+                .max_decoding_message_size(max_decode)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            MaintenanceServer::from_arc(maintenance.clone())
+                .max_decoding_message_size(max_decode)
+                .max_encoding_message_size(usize::MAX),
+        );
+        // gRPC (HTTP/2) and etcd's HTTP/1 endpoints on the same listener.
         let router = Server::builder()
+            .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .max_concurrent_streams(Some(u32::MAX))
-            .add_service(
-                KvServer::from_arc(kv.clone())
-                    .max_decoding_message_size(max_decode)
-                    .max_encoding_message_size(usize::MAX),
-            );
+            .add_routes(with_http(grpc, http_state.clone()));
         servers.push(tokio::spawn(async move {
             let res = router
                 .serve_with_incoming_shutdown(incoming, async move {
@@ -119,6 +164,16 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
     drop(kv);
+    drop(maintenance);
+    drop(http_state);
     drop(store);
+    // The apply thread holds the last store handle; once it is gone the
+    // database is closed and the directory can be opened again.
+    if tokio::time::timeout(Duration::from_secs(10), apply_stopped)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the apply thread did not stop in time");
+    }
     Ok(())
 }
