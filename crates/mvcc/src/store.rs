@@ -198,6 +198,29 @@ impl Store {
         })
     }
 
+    /// Checks, without changing anything, that `path` can hold a store:
+    /// it is absent, empty, or holds a database.
+    ///
+    /// # Errors
+    /// [`Error::Open`] naming the problem.
+    pub fn check_path(path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        match std::fs::read_dir(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::Open(format!("{}: {e}", path.display()))),
+            Ok(mut entries) => {
+                if entries.next().is_none() || path.join("CURRENT").exists() {
+                    Ok(())
+                } else {
+                    Err(Error::Open(format!(
+                        "{}: directory is not empty and holds no Ballast database",
+                        path.display()
+                    )))
+                }
+            }
+        }
+    }
+
     /// The newest committed revision.
     pub fn current_revision(&self) -> i64 {
         self.inner.committed_rev.load(Ordering::Acquire)

@@ -322,6 +322,16 @@ impl RaftNode {
         self.raft.metrics().borrow().clone()
     }
 
+    /// The current Raft term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The current leader's ID, if one is known.
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
     /// The current leader and its node record, if known.
     pub fn leader(&self) -> Option<(NodeId, MemberNode)> {
         let m = self.raft.metrics();

@@ -27,7 +27,9 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, Stri
             .split_once('=')
             .ok_or_else(|| format!("--initial-cluster: {item:?} is not of the form name=url"))?;
         if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("--initial-cluster: {item:?} is not of the form name=http://host:port"));
+            return Err(format!(
+                "--initial-cluster: {item:?} is not of the form name=http://host:port"
+            ));
         }
         match out.iter_mut().find(|(n, _)| n == name) {
             Some((_, urls)) => urls.push(url.to_string()),
@@ -76,7 +78,10 @@ pub fn plan_new_cluster(
             client_urls: Vec::new(),
         };
         if by_id.insert(id, node).is_some() {
-            return Err(format!("--initial-cluster: two members share the peer URLs {}", urls.join(",")));
+            return Err(format!(
+                "--initial-cluster: two members share the peer URLs {}",
+                urls.join(",")
+            ));
         }
     }
     let ids: Vec<NodeId> = by_id.keys().copied().collect();
@@ -107,7 +112,10 @@ mod tests {
         let ic = "n1=http://127.0.0.1:2380,n2=http://127.0.0.1:22380,n3=http://127.0.0.1:32380";
         let p = plan_new_cluster("n2", &["http://127.0.0.1:22380".into()], ic, "tok").unwrap();
         assert_eq!(p.members.len(), 3);
-        assert_eq!(p.member_id, member_id(&["http://127.0.0.1:22380".into()], "tok"));
+        assert_eq!(
+            p.member_id,
+            member_id(&["http://127.0.0.1:22380".into()], "tok")
+        );
         assert_eq!(p.members[&p.member_id].name, "n2");
         // Every member derives the same cluster ID.
         let p1 = plan_new_cluster("n1", &["http://127.0.0.1:2380".into()], ic, "tok").unwrap();
@@ -115,12 +123,16 @@ mod tests {
         // Another token is another cluster.
         let other = plan_new_cluster("n1", &["http://127.0.0.1:2380".into()], ic, "x").unwrap();
         assert_ne!(other.cluster_id, p.cluster_id);
-        assert!(plan_new_cluster("n4", &["http://127.0.0.1:2380".into()], ic, "tok")
-            .unwrap_err()
-            .contains("couldn't find local name"));
-        assert!(plan_new_cluster("n1", &["http://127.0.0.1:9".into()], ic, "tok")
-            .unwrap_err()
-            .contains("--initial-advertise-peer-urls"));
+        assert!(
+            plan_new_cluster("n4", &["http://127.0.0.1:2380".into()], ic, "tok")
+                .unwrap_err()
+                .contains("couldn't find local name")
+        );
+        assert!(
+            plan_new_cluster("n1", &["http://127.0.0.1:9".into()], ic, "tok")
+                .unwrap_err()
+                .contains("--initial-advertise-peer-urls")
+        );
         assert!(parse_initial_cluster("n1").is_err());
         assert!(parse_initial_cluster("n1=ftp://x").is_err());
         // etcd's default single member.

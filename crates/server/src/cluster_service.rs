@@ -5,9 +5,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ballast_proto::etcdserverpb::cluster_server::Cluster;
 use ballast_proto::etcdserverpb::{
-    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse, MemberPromoteRequest,
-    MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse, MemberUpdateRequest, MemberUpdateResponse,
-    ResponseHeader,
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, ResponseHeader,
 };
 use ballast_raft::{MemberNode, MembershipChange, NodeError, RaftNode};
 use tonic::{Code, Request, Response, Status};
@@ -91,18 +91,26 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
         && urls.iter().all(|u| {
             u.strip_prefix("http://")
                 .or_else(|| u.strip_prefix("https://"))
-                .is_some_and(|hp| hp.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()))
+                .is_some_and(|hp| {
+                    hp.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                })
         });
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument("etcdserver: given member URLs are invalid"))
+        Err(Status::invalid_argument(
+            "etcdserver: given member URLs are invalid",
+        ))
     }
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
         let req = request.into_inner();
         check_urls(&req.peer_ur_ls)?;
         let now = SystemTime::now()
@@ -156,7 +164,8 @@ impl Cluster for ClusterService {
         let mut node = self.node_of(req.id)?;
         node.peer_urls = req.peer_ur_ls;
         node.peer_urls.sort();
-        self.change(MembershipChange::SetNode { id: req.id, node }).await?;
+        self.change(MembershipChange::SetNode { id: req.id, node })
+            .await?;
         Ok(Response::new(MemberUpdateResponse {
             header: self.header(),
             members: self.members(),

@@ -49,6 +49,18 @@ pub enum EtcdError {
     /// Downgrade is not implemented by Ballast.
     #[error("etcdserver: downgrade is not supported")]
     DowngradeUnsupported,
+    /// No leader is known (an election is going on, or no quorum).
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    /// The leader changed while the request was in flight.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    /// The request did not complete in time (it may still take effect).
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    /// The cluster cannot serve the request now.
+    #[error("etcdserver: {0}")]
+    Unavailable(String),
     /// The member is shutting down.
     #[error("etcdserver: server stopped")]
     Stopped,
@@ -72,7 +84,7 @@ impl EtcdError {
             NoSpace => Code::ResourceExhausted,
             BadLeaderTransferee => Code::FailedPrecondition,
             DowngradeUnsupported => Code::Unimplemented,
-            Stopped => Code::Unavailable,
+            Stopped | NoLeader | LeaderChanged | Timeout | Unavailable(_) => Code::Unavailable,
             Storage(_) => Code::Internal,
             Corrupt => Code::DataLoss,
         }

@@ -28,6 +28,8 @@ use crate::metrics::{MemberFacts, Metrics};
 pub struct HttpState {
     /// The engine.
     pub store: Store,
+    /// The write path and read barrier, for `/health`'s leader and quorum check.
+    pub proposer: crate::proposer::Proposer,
     /// The member's metrics.
     pub metrics: Arc<Metrics>,
     /// Identity and quota, for `/metrics`.
@@ -106,7 +108,8 @@ fn text(status: StatusCode, body: String) -> Response {
 /// Judges the member's health as etcd 3.5's `checkHealth`: an active alarm
 /// (unless excluded with `?exclude=NOSPACE`) makes it unhealthy, then a
 /// store that refuses writes after a failed disk write, then a failing read.
-/// `?serializable=true` is accepted (a single member always has a leader).
+/// The caller checks the leader and, unless `?serializable=true`, a
+/// linearizable read.
 pub fn check_health(store: &Store, query: Option<&str>) -> Health {
     let excluded: Vec<String> = query
         .unwrap_or("")
@@ -148,10 +151,33 @@ pub fn check_health(store: &Store, query: Option<&str>) -> Health {
 }
 
 async fn health(state: Arc<HttpState>, query: Option<String>) -> Response {
+    let serializable = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .any(|kv| kv == "serializable=true");
     let store = state.store.clone();
-    let Ok(h) = tokio::task::spawn_blocking(move || check_health(&store, query.as_deref())).await
-    else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
+    let h = if state.proposer.node().leader_id().is_none() {
+        Health {
+            health: "false".into(),
+            reason: "RAFT NO LEADER".into(),
+        }
+    } else {
+        let Ok(mut h) =
+            tokio::task::spawn_blocking(move || check_health(&store, query.as_deref())).await
+        else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "stopping\n".into());
+        };
+        // As etcd's QGET: a linearizable read needs the leader and a quorum.
+        if h.health == "true" && !serializable {
+            if let Err(e) = state.proposer.read_barrier().await {
+                h = Health {
+                    health: "false".into(),
+                    reason: format!("QGET ERROR:{e}"),
+                };
+            }
+        }
+        h
     };
     let body = serde_json::to_string(&h).expect("serializable");
     if h.health == "true" {

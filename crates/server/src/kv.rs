@@ -14,29 +14,45 @@ use ballast_proto::etcdserverpb::{
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use ballast_raft::RaftNode;
+
 use crate::errors::EtcdError;
 use crate::proposer::Proposer;
 use crate::quota::{self, Quota};
 use crate::validate;
 
-/// Static facts every response header carries.
-#[derive(Clone, Copy, Debug)]
+/// What every response header carries: the cluster and member IDs, and the
+/// current Raft term.
+#[derive(Clone)]
 pub struct HeaderInfo {
     /// The cluster ID.
     pub cluster_id: u64,
     /// This member's ID.
     pub member_id: u64,
-    /// The Raft term (fixed for a single member without Raft).
-    pub raft_term: u64,
+    node: Arc<RaftNode>,
 }
 
 impl HeaderInfo {
+    /// Headers of the member running `node`.
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        HeaderInfo {
+            cluster_id: node.cluster_id(),
+            member_id: node.id(),
+            node,
+        }
+    }
+
+    /// The current Raft term.
+    pub fn raft_term(&self) -> u64 {
+        self.node.term()
+    }
+
     /// Completes a header the engine filled with its revision.
     pub fn fill(&self, header: &mut Option<ResponseHeader>, current_rev: i64) {
         let h = header.get_or_insert_with(Default::default);
         h.cluster_id = self.cluster_id;
         h.member_id = self.member_id;
-        h.raft_term = self.raft_term;
+        h.raft_term = self.raft_term();
         if h.revision == 0 {
             h.revision = current_rev;
         }
@@ -139,6 +155,10 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::range(&req)?;
+        if !req.serializable {
+            // Linearizable: confirm leadership and catch up first (ReadIndex).
+            self.proposer.read_barrier().await?;
+        }
         let store = self.store.clone();
         let mut resp = tokio::task::spawn_blocking(move || store.range(&req))
             .await

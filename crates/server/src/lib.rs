@@ -10,17 +10,21 @@
 //! [`restore`] makes a data directory from a snapshot file.
 #![deny(missing_docs)]
 
+pub mod bootstrap;
+pub mod cluster_service;
 pub mod config;
 pub mod errors;
 pub mod http;
 pub mod identity;
 pub mod kv;
 pub mod maintenance;
+pub mod member;
 pub mod metrics;
 pub mod proposer;
 pub mod quota;
 pub mod restore;
 mod server;
+pub mod up;
 pub mod validate;
 
 pub use config::MemberConfig;

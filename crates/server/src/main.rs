@@ -5,6 +5,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ballast_server::restore::RestoreOptions;
+use ballast_server::up::UpConfig;
 use ballast_server::{MemberConfig, ETCD_VERSION};
 
 /// Ballast: a Raft-replicated key-value store that speaks the etcd v3 API.
@@ -19,9 +20,12 @@ struct Cli {
     member: MemberConfig,
 }
 
-/// Offline tools, as etcdutl's.
+/// Subcommands; without one, `ballast` runs a member.
 #[derive(Subcommand, Debug)]
 enum Tool {
+    /// Start a local three-member cluster (client ports 2379, 22379, 32379)
+    /// as three processes; Ctrl-C stops it.
+    Up(UpConfig),
     /// Work with snapshot files saved by `etcdctl snapshot save`.
     Snapshot {
         #[command(subcommand)]
@@ -82,8 +86,9 @@ fn init_logging(level: &str) {
         "panic" | "fatal" => "error",
         other => other,
     };
+    // openraft reports every election and membership step at info.
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
+        .or_else(|_| EnvFilter::try_new(format!("{level},openraft=warn")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -110,18 +115,40 @@ fn main() {
         restore(opts);
         return;
     }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        etcd_api = ETCD_VERSION,
-        "starting ballast"
-    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Err(e) = rt.block_on(ballast_server::run(cli.member, shutdown_signal())) {
-        tracing::error!("{e:#}");
-        eprintln!("ballast: {e:#}");
-        std::process::exit(1);
-    }
+    let result = match cli.command {
+        Some(Tool::Up(up)) => rt.block_on(ballast_server::up::run(up, shutdown_signal())),
+        _ => {
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                etcd_api = ETCD_VERSION,
+                "starting ballast"
+            );
+            rt.block_on(ballast_server::run(cli.member, shutdown_signal()))
+        }
+    };
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ballast: {e:#}");
+            1
+        }
+    };
+    exit_now(code);
+}
+
+/// Ends the process without running C++ static destructors: RocksDB's
+/// background threads may still be winding down, and tearing their globals
+/// down under them aborts the process. Everything acknowledged is already
+/// synced to disk.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: _exit(2) only ends the process.
+    unsafe { libc::_exit(code) }
 }

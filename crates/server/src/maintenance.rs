@@ -203,26 +203,26 @@ impl Maintenance for MaintenanceService {
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let store = self.store.clone();
-        let (db_size, db_size_in_use, applied) = blocking(move || {
-            (
-                store.db_size(),
-                store.db_size_in_use(),
-                store.applied_index(),
-            )
-        })
-        .await?;
+        let (db_size, db_size_in_use) =
+            blocking(move || (store.db_size(), store.db_size_in_use())).await?;
         let errors = self.store.alarms().iter().map(alarm_text).collect();
+        let node = self.proposer.node();
+        let m = node.metrics();
+        let is_learner = node
+            .members()
+            .iter()
+            .any(|x| x.id == node.id() && x.is_learner);
         Ok(Response::new(StatusResponse {
             header: self.header(),
             version: crate::ETCD_VERSION.to_string(),
             db_size: db_size as i64,
-            leader: self.header.member_id,
-            raft_index: applied,
-            raft_term: self.header.raft_term,
-            raft_applied_index: applied,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             errors,
             db_size_in_use: db_size_in_use as i64,
-            is_learner: false,
+            is_learner,
         }))
     }
 
@@ -302,10 +302,23 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        // A single member leads; moving leadership to itself is a no-op,
-        // to anyone else a transferee that is not a member.
-        if request.into_inner().target_id != self.header.member_id {
+        let target = request.into_inner().target_id;
+        let node = self.proposer.node();
+        if !node
+            .members()
+            .iter()
+            .any(|m| m.id == target && !m.is_learner)
+        {
             return Err(EtcdError::BadLeaderTransferee.into());
+        }
+        if node.leader_id() != Some(node.id()) {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if target != node.id() {
+            // openraft 0.9 has no leadership transfer.
+            return Err(Status::unimplemented(
+                "etcdserver: moving leadership to another member is not supported yet",
+            ));
         }
         Ok(Response::new(MoveLeaderResponse {
             header: self.header(),

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ballast_mvcc::Store;
 use ballast_proto::ballastpb::raft_peer_server::RaftPeerServer;
-use ballast_raft::{fetch_cluster_info, MemberNode, MembershipChange, NodeConfig, RaftNode, MAX_PEER_MESSAGE};
+use ballast_raft::{
+    fetch_cluster_info, MemberNode, MembershipChange, NodeConfig, RaftNode, MAX_PEER_MESSAGE,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -88,13 +90,16 @@ pub async fn start(
             (id, plan.map(|p| p.members))
         }
         None if joins_existing(cfg)? => {
-            let others: Vec<String> = crate::bootstrap::parse_initial_cluster(&initial_cluster(cfg))
-                .map_err(anyhow::Error::msg)?
-                .into_iter()
-                .filter(|(n, _)| *n != cfg.name)
-                .flat_map(|(_, urls)| urls)
-                .collect();
-            let (cluster_id, members) = fetch_cluster_info(&others).await.map_err(anyhow::Error::msg)?;
+            let others: Vec<String> =
+                crate::bootstrap::parse_initial_cluster(&initial_cluster(cfg))
+                    .map_err(anyhow::Error::msg)?
+                    .into_iter()
+                    .filter(|(n, _)| *n != cfg.name)
+                    .flat_map(|(_, urls)| urls)
+                    .collect();
+            let (cluster_id, members) = fetch_cluster_info(&others)
+                .await
+                .map_err(anyhow::Error::msg)?;
             let Some((member_id, _, _)) = members.iter().find(|(_, node, _)| {
                 let mut urls = node.peer_urls.clone();
                 urls.sort();
@@ -130,7 +135,9 @@ pub async fn start(
             (id, Some(plan.members))
         }
     };
-    data_dir.save_identity(&identity).map_err(anyhow::Error::msg)?;
+    data_dir
+        .save_identity(&identity)
+        .map_err(anyhow::Error::msg)?;
 
     let mut node_cfg = NodeConfig::new(
         identity.member_id,
@@ -209,7 +216,9 @@ async fn announce(node: Arc<RaftNode>, me: MemberNode) {
                         tracing::info!(name = %me.name, "published member attributes");
                         return;
                     }
-                    Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing member attributes; will retry")
+                    }
                 }
             }
             _ => {}

@@ -86,6 +86,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// Durations of applying and committing each batch to the engine.
     pub backend_commit: Histogram,
+    /// Leader changes this member has seen.
+    pub leader_changes: AtomicU64,
     /// `/health` answers that said true.
     pub health_success: AtomicU64,
     /// `/health` answers that said false.
@@ -101,6 +103,7 @@ impl Default for Metrics {
             proposals_failed: AtomicU64::new(0),
             wal_fsync: Histogram::new(&DISK_BUCKETS),
             backend_commit: Histogram::new(&DISK_BUCKETS),
+            leader_changes: AtomicU64::new(0),
             health_success: AtomicU64::new(0),
             health_failures: AtomicU64::new(0),
             grpc_started: Mutex::new(BTreeMap::new()),
@@ -111,10 +114,12 @@ impl Default for Metrics {
 
 /// What `/metrics` reports besides the counters: who the member is and
 /// how its store stands.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MemberFacts {
     /// This member's ID.
     pub member_id: u64,
+    /// The Raft node: leader, indexes.
+    pub node: std::sync::Arc<ballast_raft::RaftNode>,
     /// The backend quota in bytes (`None`: no quota).
     pub quota_bytes: Option<u64>,
 }
@@ -196,34 +201,36 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format (version 0.0.4).
     pub fn render(&self, store: &Store, facts: &MemberFacts) -> String {
         let mut out = String::with_capacity(8192);
-        let applied = store.applied_index();
+        let raft = facts.node.metrics();
+        let applied = raft.last_applied.map(|l| l.index).unwrap_or(0);
+        let committed = raft.last_log_index.unwrap_or(0).max(applied);
         single(
             &mut out,
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not.",
             "gauge",
-            1,
+            u64::from(raft.current_leader.is_some()),
         );
         single(
             &mut out,
             "etcd_server_is_leader",
             "Whether or not this member is a leader. 1 if is, 0 otherwise.",
             "gauge",
-            1,
+            u64::from(raft.current_leader == Some(facts.member_id)),
         );
         single(
             &mut out,
             "etcd_server_leader_changes_seen_total",
             "The number of leader changes seen.",
             "counter",
-            1,
+            self.leader_changes.load(Ordering::Relaxed),
         );
         single(
             &mut out,
             "etcd_server_proposals_committed_total",
             "The total number of consensus proposals committed.",
             "gauge",
-            applied,
+            committed,
         );
         single(
             &mut out,

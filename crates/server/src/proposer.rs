@@ -1,33 +1,29 @@
-//! The single-member write pipeline: commands are applied in arrival order,
-//! and those that arrive together share one synced write (group commit).
+//! The write path: every state change is a command proposed through Raft,
+//! answered once it is committed and applied on this member.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use ballast_mvcc::{CommandResponse, Store};
+use ballast_mvcc::CommandResponse;
 use ballast_proto::ballastpb::Command;
-use tokio::sync::{mpsc, oneshot, watch};
+use ballast_raft::{NodeError, RaftNode};
 
 use crate::errors::EtcdError;
 use crate::metrics::Metrics;
 
-/// Most commands applied in one write.
-const MAX_BATCH: usize = 512;
-
-type Reply = oneshot::Sender<Result<CommandResponse, EtcdError>>;
-
-/// Feeds commands to the engine from one apply thread.
+/// Proposes commands and waits for them, with etcd's request timeout.
 ///
 /// # Guarantees
-/// A command's response is sent only after its changes are durable; commands
-/// apply in the order `propose` was called (per caller, and globally in
-/// channel order).
+/// A command's response is sent only after the command is committed by a
+/// quorum (durable in their logs) and applied here; a proposal that times
+/// out may still commit later (`request timed out` is indeterminate, as in
+/// etcd).
 #[derive(Clone)]
 pub struct Proposer {
-    tx: mpsc::Sender<(Command, Reply)>,
+    node: Arc<RaftNode>,
     metrics: Arc<Metrics>,
-    exited: watch::Receiver<bool>,
+    timeout: Duration,
 }
 
 /// Counts a proposal as pending while it lives.
@@ -39,43 +35,36 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// How a Raft node error reaches a client, with etcd's messages.
+pub fn node_error(e: NodeError) -> EtcdError {
+    match e {
+        NodeError::NoLeader => EtcdError::NoLeader,
+        NodeError::NotLeader { .. } => EtcdError::LeaderChanged,
+        NodeError::Unavailable(m) if m.contains("leader changed") => EtcdError::LeaderChanged,
+        NodeError::Unavailable(m) if m.contains("no leader") => EtcdError::NoLeader,
+        NodeError::Unavailable(m) if m.contains("stopped") => EtcdError::Stopped,
+        NodeError::Unavailable(m) | NodeError::Rejected(m) => EtcdError::Unavailable(m),
+    }
+}
+
 impl Proposer {
-    /// Starts the apply thread; it stops when every `Proposer` is dropped.
-    pub fn start(store: Store) -> Proposer {
-        Self::start_with_metrics(store, Arc::new(Metrics::default()))
-    }
-
-    /// Like [`Proposer::start`], counting proposals and write latencies in
-    /// `metrics`.
-    pub fn start_with_metrics(store: Store, metrics: Arc<Metrics>) -> Proposer {
-        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        let (exited_tx, exited) = watch::channel(false);
-        let m = metrics.clone();
-        std::thread::Builder::new()
-            .name("apply".into())
-            .spawn(move || {
-                apply_loop(store, rx, &m);
-                // The store handle is gone: tell whoever waits to reopen it.
-                exited_tx.send_replace(true);
-            })
-            .expect("spawn apply thread");
+    /// Proposes through `node`; a proposal or read barrier that takes longer
+    /// than `timeout` fails with `request timed out` (etcd: 5 s plus two
+    /// election timeouts).
+    pub fn new(node: Arc<RaftNode>, metrics: Arc<Metrics>, timeout: Duration) -> Proposer {
         Proposer {
-            tx,
+            node,
             metrics,
-            exited,
+            timeout,
         }
     }
 
-    /// Resolves once the apply thread has stopped and released its store
-    /// handle (after every `Proposer` clone is dropped).
-    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut exited = self.exited.clone();
-        async move {
-            let _ = exited.wait_for(|done| *done).await;
-        }
+    /// The Raft node.
+    pub fn node(&self) -> &Arc<RaftNode> {
+        &self.node
     }
 
-    /// Applies `cmd` and returns its outcome.
+    /// Proposes `cmd` and returns the engine's answer.
     ///
     /// # Cancel safety
     /// Dropping the future does not withdraw the command: it may still apply.
@@ -84,54 +73,40 @@ impl Proposer {
             .proposals_pending
             .fetch_add(1, Ordering::Relaxed);
         let _pending = PendingGuard(&self.metrics);
-        let (done, wait) = oneshot::channel();
-        let res = match self.tx.send((cmd, done)).await {
-            Err(_) => Err(EtcdError::Stopped),
-            Ok(()) => wait.await.unwrap_or(Err(EtcdError::Stopped)),
+        let started = Instant::now();
+        let res = match tokio::time::timeout(self.timeout, self.node.propose(cmd)).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Err(e)) => Err(node_error(e)),
+            Ok(Ok((result, _index))) => {
+                // Commit (log fsync on a quorum) plus apply (engine write).
+                let took = started.elapsed();
+                self.metrics.wal_fsync.observe(took);
+                self.metrics.backend_commit.observe(took);
+                result.map_err(EtcdError::from)
+            }
         };
-        if matches!(res, Err(EtcdError::Stopped | EtcdError::Storage(_))) {
+        if matches!(
+            res,
+            Err(EtcdError::Stopped
+                | EtcdError::Storage(_)
+                | EtcdError::Timeout
+                | EtcdError::NoLeader
+                | EtcdError::LeaderChanged
+                | EtcdError::Unavailable(_))
+        ) {
             self.metrics
                 .proposals_failed
                 .fetch_add(1, Ordering::Relaxed);
         }
         res
     }
-}
 
-fn apply_loop(store: Store, mut rx: mpsc::Receiver<(Command, Reply)>, metrics: &Metrics) {
-    let mut next_index = store.applied_index() + 1;
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let (cmds, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().unzip();
-        let entries: Vec<(u64, Command)> = cmds
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| (next_index + i as u64, c))
-            .collect();
-        let started = Instant::now();
-        let applied = store.apply(&entries);
-        let took = started.elapsed();
-        metrics.backend_commit.observe(took);
-        metrics.wal_fsync.observe(took);
-        match applied {
-            Ok(results) => {
-                next_index += entries.len() as u64;
-                for (reply, res) in replies.into_iter().zip(results) {
-                    let _ = reply.send(res.map_err(EtcdError::from));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "write to disk failed; this member refuses writes until restarted");
-                for reply in replies {
-                    let _ = reply.send(Err(EtcdError::from(e.clone())));
-                }
-            }
+    /// Waits until a read served here afterwards is linearizable (ReadIndex
+    /// confirmed by the leader, and applied here).
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        match tokio::time::timeout(self.timeout, self.node.read_barrier()).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(r) => r.map_err(node_error),
         }
     }
 }

@@ -7,19 +7,26 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ballast_mvcc::{Store, StoreOptions};
+use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ballast_raft::RaftNode;
+use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::cluster_service::ClusterService;
 use crate::config::{listen_addrs, split_urls, MemberConfig, GRPC_OVERHEAD_BYTES};
+use crate::errors::EtcdError;
 use crate::http::{with_http, HttpState};
 use crate::identity::DataDir;
 use crate::kv::{HeaderInfo, KvService, Limits};
 use crate::maintenance::MaintenanceService;
+use crate::member;
 use crate::metrics::{MemberFacts, Metrics};
 use crate::proposer::Proposer;
 use crate::quota::Quota;
@@ -47,8 +54,31 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         listeners.push(l);
     }
 
+    let mut peer_listeners = Vec::new();
+    let peer_urls = split_urls(&cfg.listen_peer_urls);
+    if peer_urls.is_empty() {
+        bail!("--listen-peer-urls is empty");
+    }
+    for url in &peer_urls {
+        for addr in listen_addrs(url).map_err(anyhow::Error::msg)? {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for peers on {addr}"))?;
+            peer_listeners.push(l);
+        }
+    }
+
     let data_dir = DataDir::new(cfg.data_dir());
     data_dir.check().map_err(anyhow::Error::msg)?;
+    // Held until the member stops: a second member on this directory is
+    // refused before it opens (or touches) anything in it.
+    Store::check_path(data_dir.kv()).with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            cfg.data_dir().display()
+        )
+    })?;
+    let _lock = data_dir.lock().map_err(anyhow::Error::msg)?;
     let kv_path = data_dir.kv();
     let store = tokio::task::spawn_blocking(move || Store::open(kv_path, StoreOptions::default()))
         .await?
@@ -58,25 +88,16 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
                 cfg.data_dir().display()
             )
         })?;
-    let peer_urls = split_urls(&cfg.initial_advertise_peer_urls);
-    let identity = data_dir
-        .load_or_create_identity(&cfg.name, &peer_urls, &cfg.initial_cluster_token)
-        .map_err(anyhow::Error::msg)?;
     tracing::info!(
-        name = %identity.name,
-        member_id = %format!("{:x}", identity.member_id),
-        cluster_id = %format!("{:x}", identity.cluster_id),
+        name = %cfg.name,
         revision = store.current_revision(),
         compact_revision = store.compact_revision(),
         data_dir = %cfg.data_dir().display(),
         "opened the store"
     );
-
-    let header = HeaderInfo {
-        cluster_id: identity.cluster_id,
-        member_id: identity.member_id,
-        raft_term: 1,
-    };
+    let raft_member = member::start(&cfg, &data_dir, store.clone(), peer_listeners).await?;
+    let node = raft_member.node.clone();
+    let header = HeaderInfo::new(node.clone());
     let limits = Limits {
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
@@ -95,22 +116,28 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         None => tracing::info!("backend quota disabled"),
     }
     let metrics = Arc::new(Metrics::default());
-    let proposer = Proposer::start_with_metrics(store.clone(), metrics.clone());
-    let apply_stopped = proposer.stopped();
+    tokio::spawn(count_leader_changes(node.clone(), metrics.clone()));
+    // etcd's request timeout: 5 s plus two election timeouts.
+    let timeout = Duration::from_millis(5000 + 2 * cfg.election_timeout);
+    let proposer = Proposer::new(node.clone(), metrics.clone(), timeout);
     let quota = Arc::new(Quota::new(store.clone(), quota_bytes));
-    let kv =
-        Arc::new(KvService::new(store.clone(), proposer.clone(), header, limits).with_quota(quota));
+    let kv = Arc::new(
+        KvService::new(store.clone(), proposer.clone(), header.clone(), limits).with_quota(quota),
+    );
     let maintenance = Arc::new(MaintenanceService::new(
         store.clone(),
-        proposer,
+        proposer.clone(),
         header,
         snapshot_dir,
     ));
+    let cluster = Arc::new(ClusterService::new(node.clone()));
     let http_state = Arc::new(HttpState {
         store: store.clone(),
+        proposer,
         metrics,
         facts: MemberFacts {
-            member_id: identity.member_id,
+            member_id: node.id(),
+            node: node.clone(),
             quota_bytes,
         },
     });
@@ -122,16 +149,22 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         let local = listener.local_addr()?;
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = stop_rx.clone();
-        let grpc = Routes::new(
+        let grpc = Routes::new(InterceptedService::new(
             KvServer::from_arc(kv.clone())
                 .max_decoding_message_size(max_decode)
                 .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
+            require_leader(node.clone()),
+        ))
+        .add_service(InterceptedService::new(
             MaintenanceServer::from_arc(maintenance.clone())
                 .max_decoding_message_size(max_decode)
                 .max_encoding_message_size(usize::MAX),
-        );
+            require_leader(node.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            ClusterServer::from_arc(cluster.clone()),
+            require_leader(node.clone()),
+        ));
         // gRPC (HTTP/2) and etcd's HTTP/1 endpoints on the same listener.
         let router = Server::builder()
             .accept_http1(true)
@@ -165,15 +198,40 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     }
     drop(kv);
     drop(maintenance);
+    drop(cluster);
     drop(http_state);
+    raft_member.stop().await;
+    drop(node);
     drop(store);
-    // The apply thread holds the last store handle; once it is gone the
-    // database is closed and the directory can be opened again.
-    if tokio::time::timeout(Duration::from_secs(10), apply_stopped)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the apply thread did not stop in time");
-    }
     Ok(())
+}
+
+/// etcd's `hasleader` metadata: a request carrying `hasleader: true` fails
+/// with `no leader` when this member knows of none.
+fn require_leader(
+    node: Arc<RaftNode>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req: tonic::Request<()>| {
+        let wants = req
+            .metadata()
+            .get("hasleader")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        if wants && node.leader_id().is_none() {
+            return Err(EtcdError::NoLeader.into());
+        }
+        Ok(req)
+    }
+}
+
+/// Counts the leader changes this member sees, for `/metrics`.
+async fn count_leader_changes(node: Arc<RaftNode>, metrics: Arc<Metrics>) {
+    let mut rx = node.raft.metrics();
+    let mut last = rx.borrow().current_leader;
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow().current_leader;
+        if now.is_some() && now != last {
+            metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        last = now;
+    }
 }

@@ -35,7 +35,11 @@ struct LocalMember {
     peer_port: u16,
 }
 
-const MEMBERS: [(&str, u16, u16); 3] = [("infra1", 2379, 2380), ("infra2", 22379, 22380), ("infra3", 32379, 32380)];
+const MEMBERS: [(&str, u16, u16); 3] = [
+    ("infra1", 2379, 2380),
+    ("infra2", 22379, 22380),
+    ("infra3", 32379, 32380),
+];
 
 fn members() -> Vec<LocalMember> {
     MEMBERS
@@ -77,7 +81,11 @@ impl Children {
     fn exited(&mut self) -> Option<String> {
         for (name, child, log) in &mut self.0 {
             if let Ok(Some(status)) = child.try_wait() {
-                return Some(format!("member {name} exited ({status}); last lines of {}:\n{}", log.display(), tail(log)));
+                return Some(format!(
+                    "member {name} exited ({status}); last lines of {}:\n{}",
+                    log.display(),
+                    tail(log)
+                ));
             }
         }
         None
@@ -97,11 +105,16 @@ fn tail(path: &Path) -> String {
 }
 
 /// Runs the local cluster until Ctrl-C (or a member exits).
-pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: UpConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     if cfg.fresh && cfg.dir.exists() {
-        std::fs::remove_dir_all(&cfg.dir).with_context(|| format!("cannot remove {}", cfg.dir.display()))?;
+        std::fs::remove_dir_all(&cfg.dir)
+            .with_context(|| format!("cannot remove {}", cfg.dir.display()))?;
     }
-    std::fs::create_dir_all(&cfg.dir).with_context(|| format!("cannot create {}", cfg.dir.display()))?;
+    std::fs::create_dir_all(&cfg.dir)
+        .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the ballast executable")?;
     let ms = members();
     for m in &ms {
@@ -131,10 +144,25 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
             .arg(&m.name)
             .arg("--data-dir")
             .arg(cfg.dir.join(&m.name))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
             .args(["--initial-cluster", &initial_cluster])
-            .args(["--initial-cluster-token", "ballast-up", "--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster-token",
+                "ballast-up",
+                "--initial-cluster-state",
+                "new",
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -168,22 +196,36 @@ pub async fn run(cfg: UpConfig, shutdown: impl std::future::Future<Output = ()>)
         .map(|m| format!("127.0.0.1:{}", m.client_port))
         .collect::<Vec<_>>()
         .join(",");
-    println!("ballast: a three-member cluster is up (data and logs in {})", cfg.dir.display());
+    println!(
+        "ballast: a three-member cluster is up (data and logs in {})",
+        cfg.dir.display()
+    );
     for m in &ms {
-        println!("  {}  client http://127.0.0.1:{}  peer http://127.0.0.1:{}", m.name, m.client_port, m.peer_port);
+        println!(
+            "  {}  client http://127.0.0.1:{}  peer http://127.0.0.1:{}",
+            m.name, m.client_port, m.peer_port
+        );
     }
     println!("try:  ETCDCTL_API=3 etcdctl --endpoints={endpoints} put hello world");
     println!("      ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
     println!("Ctrl-C stops the cluster.");
 
+    // A member that exits (killed in a fault test, say) is reported; the
+    // others keep running until Ctrl-C.
     tokio::pin!(shutdown);
+    let mut reported = Vec::new();
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                if let Some(why) = children.exited() {
-                    children.stop();
-                    bail!(why);
+                for (name, child, log) in &mut children.0 {
+                    if reported.contains(name) {
+                        continue;
+                    }
+                    if let Ok(Some(status)) = child.try_wait() {
+                        println!("ballast: member {name} exited ({status}); see {}", log.display());
+                        reported.push(name.clone());
+                    }
                 }
             }
         }
@@ -200,7 +242,11 @@ async fn healthy(port: u16) -> bool {
     let Ok(ep) = tonic::transport::Endpoint::from_shared(url) else {
         return false;
     };
-    let Ok(ch) = ep.connect_timeout(Duration::from_millis(500)).connect().await else {
+    let Ok(ch) = ep
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    else {
         return false;
     };
     let mut req = tonic::Request::new(RangeRequest {
