@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Starts Ballast on this machine: builds it (release) and runs a member with
-# its data in .ballast/, client URL http://127.0.0.1:2379. Ctrl-C stops it.
-# Extra arguments are passed to `ballast` (etcd's flags).
+# Starts Ballast on this machine: builds it (release) and runs `ballast up`,
+# a three-member cluster on 127.0.0.1 (client ports 2379, 22379, 32379; peer
+# ports 2380, 22380, 32380) with data and logs in .ballast/, kept between
+# runs. Ctrl-C stops it. Extra arguments go to `ballast up` (e.g. --fresh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
 cargo build --release --locked --bin ballast
-echo "try: ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:2379 put hello world" >&2
-exec target/release/ballast --name default --data-dir .ballast/default \
-  --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 "$@"
+exec target/release/ballast up --dir .ballast "$@"
