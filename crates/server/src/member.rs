@@ -177,8 +177,28 @@ pub async fn start(
         peer_servers.push((stop, task));
     }
 
-    if let Some(members) = bootstrap {
-        node.bootstrap(members).await.map_err(anyhow::Error::msg)?;
+    match bootstrap {
+        Some(members) => node.bootstrap(members).await.map_err(anyhow::Error::msg)?,
+        None if !joins_existing(cfg)?
+            && !node
+                .raft
+                .is_initialized()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))? =>
+        {
+            // A stored identity that --initial-cluster does not describe,
+            // and no Raft state to go on: this member would wait forever.
+            node.shutdown().await;
+            bail!(
+                "the data directory belongs to member {:x} of cluster {:x}, which --initial-cluster ({}) \
+                 with --initial-cluster-token {:?} does not describe, and it holds no Raft state",
+                identity.member_id,
+                identity.cluster_id,
+                initial_cluster(cfg),
+                cfg.initial_cluster_token
+            );
+        }
+        None => {}
     }
     tracing::info!(
         member_id = %format!("{:x}", identity.member_id),
