@@ -155,6 +155,27 @@ async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
     }
 }
 
+type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
+
+/// Serves read barriers in rounds: every request waiting when a round
+/// starts shares its read index, so concurrent linearizable reads cost one
+/// quorum round, not one each. A request arriving during a round waits for
+/// the next one (whose confirmation starts after it arrived).
+async fn read_index_rounds(node: std::sync::Weak<RaftNode>, mut rx: mpsc::Receiver<ReadWaiter>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiters.push(w);
+        }
+        let Some(node) = node.upgrade() else { return };
+        let r = node.read_index_once().await;
+        drop(node);
+        for w in waiters {
+            let _ = w.send(r.clone());
+        }
+    }
+}
+
 /// A running Raft node.
 pub struct RaftNode {
     /// The openraft instance.
@@ -165,6 +186,7 @@ pub struct RaftNode {
     applied: watch::Receiver<u64>,
     leader_clients: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
     proposals: mpsc::Sender<Proposal>,
+    read_rounds: mpsc::Sender<ReadWaiter>,
 }
 
 impl RaftNode {
@@ -198,15 +220,19 @@ impl RaftNode {
         .map_err(|e| format!("cannot start raft: {e}"))?;
         let (proposals, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(batch_proposals(raft.clone(), rx));
-        Ok(Arc::new(RaftNode {
+        let (read_rounds, read_rx) = mpsc::channel(4 * MAX_BATCH);
+        let node = Arc::new(RaftNode {
             proposals,
+            read_rounds,
             raft,
             id: cfg.id,
             cluster_id: cfg.cluster_id,
             applied: sm.applied_index(),
             sm,
             leader_clients: Mutex::new(HashMap::new()),
-        }))
+        });
+        tokio::spawn(read_index_rounds(Arc::downgrade(&node), read_rx));
+        Ok(node)
     }
 
     /// The gRPC service to serve on the peer URLs.
@@ -362,12 +388,26 @@ impl RaftNode {
     /// call began, as confirmed by the leader (ReadIndex): a read served
     /// afterwards is linearizable.
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
-        let index = match self.raft.get_read_log_id().await {
-            Ok((read, _)) => read.map(|l| l.index).unwrap_or(0),
-            Err(RaftError::APIError(_)) => self.remote_read_index().await?,
-            Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
-        };
+        let (tx, rx) = oneshot::channel();
+        self.read_rounds
+            .send(tx)
+            .await
+            .map_err(|_| NodeError::Unavailable("etcdserver: server stopped".into()))?;
+        let index = rx
+            .await
+            .map_err(|_| NodeError::Unavailable("etcdserver: server stopped".into()))??;
         self.wait_applied(index).await
+    }
+
+    /// One read-index round: the leader confirms its leadership with a
+    /// quorum and returns its commit index (asked of the leader when this
+    /// member follows).
+    async fn read_index_once(&self) -> Result<u64, NodeError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(_)) => self.remote_read_index().await,
+            Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),
+        }
     }
 
     async fn remote_read_index(&self) -> Result<u64, NodeError> {
