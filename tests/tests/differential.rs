@@ -54,7 +54,7 @@ async fn pair(test: &str) -> Option<Pair> {
     let etcd = etcd?;
     let base = |endpoint: &str| -> i64 {
         let out = etcdctl_at(endpoint, &["get", "base-probe", "-w", "json"], None);
-        // A fresh Ballast store omits revision 0 from its JSON.
+        // etcd's JSON omits a zero revision (neither store starts there).
         out.json()["header"]["revision"].as_i64().unwrap_or(0)
     };
     let (base_etcd, base_ballast) = (base(&etcd.endpoint()), base(&ballast.endpoint()));

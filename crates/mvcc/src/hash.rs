@@ -14,7 +14,7 @@ use rocksdb::IteratorMode;
 
 use crate::error::{Error, Result};
 use crate::revision::Revision;
-use crate::schema::{is_engine_meta, CF_KV, CF_META, META_FINISHED_COMPACT};
+use crate::schema::{is_engine_meta, CF_KV, CF_META, META_FINISHED_COMPACT, NO_COMPACTION};
 use crate::store::Store;
 
 /// CRC-32 with the Castagnoli polynomial (CRC-32C, as Go's
@@ -102,8 +102,8 @@ const KEY_BUCKET: &[u8] = b"key";
 pub struct KvHash {
     /// CRC-32C of the key history up to `hash_revision`.
     pub hash: u32,
-    /// The compaction point when the hash was taken (0 if the store was
-    /// never compacted; etcd reports -1 then).
+    /// The compaction point when the hash was taken (-1 if the store was
+    /// never compacted, as etcd reports).
     pub compact_revision: i64,
     /// The revision hashed.
     pub hash_revision: i64,
@@ -138,7 +138,7 @@ impl Store {
         }
         let at = if rev <= 0 { current } else { rev };
         let mut keep = index.tree.keep(at);
-        if keep.is_empty() && compact > 0 {
+        if keep.is_empty() && compact != NO_COMPACTION {
             keep = index.tree.keep(compact);
         }
         let snapshot = inner.db.snapshot();
@@ -178,7 +178,7 @@ impl Store {
         let current = self.current_revision();
         let compact = index.compact_rev;
         let mut keep = index.tree.keep(current);
-        if keep.is_empty() && compact > 0 {
+        if keep.is_empty() && compact != NO_COMPACTION {
             keep = index.tree.keep(compact);
         }
         let snapshot = inner.db.snapshot();
@@ -319,7 +319,7 @@ mod tests {
             h,
             KvHash {
                 hash: h.hash,
-                compact_revision: 0,
+                compact_revision: -1,
                 hash_revision: last,
                 current_revision: last
             }
@@ -335,6 +335,23 @@ mod tests {
         let a = Store::open(a_dir.path(), StoreOptions::default()).unwrap();
         assert_eq!(a.hash_kv(0).unwrap(), h);
         assert_eq!(a.hash().unwrap(), b.hash().unwrap());
+    }
+
+    #[test]
+    fn fresh_store_hashes_as_etcd() {
+        // etcd 3.4's HashKV of a new store: revision 1, never compacted,
+        // CRC-32C of the bucket name only.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let want = KvHash {
+            hash: 1_084_519_789,
+            compact_revision: -1,
+            hash_revision: 1,
+            current_revision: 1,
+        };
+        assert_eq!(store.hash_kv(0).unwrap(), want);
+        assert_eq!(store.hash_kv(1).unwrap(), want);
+        assert_eq!(store.hash_kv(2), Err(Error::FutureRev));
     }
 
     #[test]

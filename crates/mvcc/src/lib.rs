@@ -41,7 +41,8 @@
 //! assert!(matches!(out[0], Ok(CommandResponse::Put(_))));
 //! let got = store.range(&RangeRequest { key: b"k".to_vec(), ..Default::default() }).unwrap();
 //! assert_eq!(got.kvs[0].value, b"v");
-//! assert_eq!(got.kvs[0].mod_revision, 1);
+//! // A new store is at revision 1 (as etcd's), so the first write is 2.
+//! assert_eq!(got.kvs[0].mod_revision, 2);
 //! ```
 #![deny(missing_docs)]
 

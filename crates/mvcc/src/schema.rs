@@ -16,12 +16,24 @@ pub const FORMAT_VERSION: &[u8] = b"ballast-mvcc-v1";
 /// Log index of the last applied command (u64, big-endian), written in the
 /// same batch as the command's changes.
 pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
-/// The store revision (i64, big-endian), written with every change.
+/// The store revision (i64, big-endian), written when the store is created
+/// ([`FIRST_REVISION`]) and with every change.
 pub const META_CURRENT_REV: &[u8] = b"current_rev";
-/// Revision of the last compaction applied (i64, big-endian).
+/// Revision of the last compaction applied (i64, big-endian); absent
+/// before the first compaction ([`NO_COMPACTION`]).
 pub const META_SCHEDULED_COMPACT: &[u8] = b"scheduled_compact_rev";
-/// Revision of the last compaction whose old versions are all removed.
+/// Revision of the last compaction whose old versions are all removed;
+/// absent before the first compaction finished ([`NO_COMPACTION`]).
 pub const META_FINISHED_COMPACT: &[u8] = b"finished_compact_rev";
+
+/// The revision of a new, empty store: etcd's store starts at revision 1
+/// (mvcc `currentRev`), so a read of an empty store reports revision 1 and
+/// the first write is revision 2.
+pub const FIRST_REVISION: i64 = 1;
+/// The compaction point of a store never compacted: -1, as etcd's
+/// `compactMainRev` (so a compaction at revision 0 is accepted once, and
+/// HashKV reports -1 before the first compaction).
+pub const NO_COMPACTION: i64 = -1;
 
 /// Prefix of the alarm records: `alarm/` + member ID (8 bytes big-endian) +
 /// alarm type (4 bytes big-endian); the value is a protobuf

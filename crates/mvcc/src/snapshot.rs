@@ -12,7 +12,7 @@ use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
 use crate::error::{Error, Result};
 use crate::schema::*;
-use crate::store::{restore_index, Store};
+use crate::store::{read_i64_meta, read_u64_meta, restore_index, Store};
 
 const MAGIC: &[u8; 8] = b"BLSTSNP1";
 const TAG_END: u8 = 0;
@@ -95,29 +95,31 @@ impl Store {
         wb.put_cf(meta, META_INSTALLING, b"1");
         inner.db.write_opt(wb, &sync)?;
 
-        let res = load_records(inner, r);
-        if res.is_err() {
-            // The old content is gone and the new one incomplete.
-            inner.poisoned.store(true, Ordering::Release);
-        }
-        res?;
-
-        let read = |name: &[u8]| -> Result<u64> {
-            Ok(inner
-                .db
-                .get_cf(meta, name)?
-                .and_then(|v| decode_u64(&v))
-                .unwrap_or(0))
+        let loaded = load_records(inner, r).and_then(|()| {
+            let db = &inner.db;
+            Ok((
+                restore_index(db)?.0,
+                read_i64_meta(db, META_SCHEDULED_COMPACT, NO_COMPACTION)?,
+                read_i64_meta(db, META_FINISHED_COMPACT, NO_COMPACTION)?,
+                read_u64_meta(db, META_APPLIED_INDEX, 0)?,
+                read_u64_meta(db, META_CURRENT_REV, 0)? as i64,
+                crate::alarm::AlarmTable::load(db)?,
+            ))
+        });
+        let (mut tree, scheduled, finished, applied_index, rev, alarms) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                // The old content is gone and the new one incomplete.
+                inner.poisoned.store(true, Ordering::Release);
+                return Err(e);
+            }
         };
-        let (mut tree, _) = restore_index(&inner.db)?;
-        let scheduled = read(META_SCHEDULED_COMPACT)? as i64;
-        let finished = read(META_FINISHED_COMPACT)? as i64;
-        let keep = (scheduled > 0).then(|| tree.compact(scheduled));
+        let keep = (scheduled != NO_COMPACTION).then(|| tree.compact(scheduled));
         index.tree = tree;
         index.compact_rev = scheduled;
-        w.applied_index = read(META_APPLIED_INDEX)?;
-        w.rev = read(META_CURRENT_REV)? as i64;
-        w.alarms = crate::alarm::AlarmTable::load(&inner.db)?;
+        w.applied_index = applied_index;
+        w.rev = rev;
+        w.alarms = alarms;
         *inner.alarms.write() = w.alarms.clone();
         inner.committed_rev.store(w.rev, Ordering::Release);
         inner.poisoned.store(false, Ordering::Release);
@@ -204,17 +206,18 @@ mod tests {
         let b_dir = tempfile::tempdir().unwrap();
         let a = Store::open(a_dir.path(), StoreOptions::default()).unwrap();
         let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
+        // A new store is at revision 1: the puts are revisions 2, 3 and 4.
         a.apply(&[(1, put("x", "1")), (2, put("y", "2")), (3, put("x", "3"))])
             .unwrap();
         let compact = Command {
             op: Some(Op::Compaction(CompactionRequest {
-                revision: 2,
+                revision: 3,
                 physical: true,
             })),
         };
         a.apply_with_meta(&[(4, compact)], &[(b"raft", b"pos")])
             .unwrap();
-        a.wait_compacted(2);
+        a.wait_compacted(3);
         b.apply(&[(1, put("old", "gone"))]).unwrap();
 
         let mut image = Vec::new();
@@ -224,8 +227,8 @@ mod tests {
         assert_eq!(got, vec![Some(b"pos".to_vec()), None]);
         b.install_snapshot(&mut image.as_slice()).unwrap();
 
-        assert_eq!(b.current_revision(), 3);
-        assert_eq!(b.compact_revision(), 2);
+        assert_eq!(b.current_revision(), 4);
+        assert_eq!(b.compact_revision(), 3);
         assert_eq!(b.applied_index(), 4);
         let all = RangeRequest {
             key: vec![0],
@@ -235,7 +238,7 @@ mod tests {
         assert_eq!(a.range(&all).unwrap(), b.range(&all).unwrap());
         let old = RangeRequest {
             key: b"x".to_vec(),
-            revision: 1,
+            revision: 2,
             ..Default::default()
         };
         assert!(b.range(&old).is_err());
@@ -244,13 +247,13 @@ mod tests {
         b.apply(&[(5, put("z", "4"))]).unwrap();
         drop(b);
         let b = Store::open(b_dir.path(), StoreOptions::default()).unwrap();
-        assert_eq!(b.current_revision(), 4);
+        assert_eq!(b.current_revision(), 5);
         assert!(b.range(&all).unwrap().kvs.iter().all(|kv| kv.key != b"old"));
 
         let mut bad = image.clone();
         bad[0] = b'X';
         assert!(b.install_snapshot(&mut bad.as_slice()).is_err());
         // A rejected header leaves the store untouched.
-        assert_eq!(b.current_revision(), 4);
+        assert_eq!(b.current_revision(), 5);
     }
 }

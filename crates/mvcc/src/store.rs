@@ -117,6 +117,7 @@ impl Store {
         if fresh {
             let mut wb = WriteBatch::default();
             wb.put_cf(meta, META_FORMAT, FORMAT_VERSION);
+            wb.put_cf(meta, META_CURRENT_REV, i64_bytes(FIRST_REVISION));
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             db.write_opt(wb, &wo)?;
@@ -146,16 +147,10 @@ impl Store {
                 path.display()
             )));
         }
-        let read_meta = |k: &[u8]| -> Result<u64> {
-            match db.get_cf(meta, k)? {
-                None => Ok(0),
-                Some(v) => decode_u64(&v).ok_or_else(|| Error::Corrupt(format!("meta {k:?}"))),
-            }
-        };
-        let applied_index = read_meta(META_APPLIED_INDEX)?;
-        let current_rev = read_meta(META_CURRENT_REV)? as i64;
-        let scheduled = read_meta(META_SCHEDULED_COMPACT)? as i64;
-        let finished = read_meta(META_FINISHED_COMPACT)? as i64;
+        let applied_index = read_u64_meta(&db, META_APPLIED_INDEX, 0)?;
+        let current_rev = read_u64_meta(&db, META_CURRENT_REV, 0)? as i64;
+        let scheduled = read_i64_meta(&db, META_SCHEDULED_COMPACT, NO_COMPACTION)?;
+        let finished = read_i64_meta(&db, META_FINISHED_COMPACT, NO_COMPACTION)?;
 
         let (mut tree, max_rev) = restore_index(&db)?;
         if max_rev > current_rev {
@@ -163,7 +158,7 @@ impl Store {
                 "stored revision {max_rev} is past the recorded store revision {current_rev}"
             )));
         }
-        let keep = (scheduled > 0).then(|| tree.compact(scheduled));
+        let keep = (scheduled != NO_COMPACTION).then(|| tree.compact(scheduled));
         let alarms = AlarmTable::load(&db)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
@@ -227,6 +222,8 @@ impl Store {
     }
 
     /// The compaction point: reads below it fail with [`Error::Compacted`].
+    /// -1 ([`crate::schema::NO_COMPACTION`]) before the first compaction,
+    /// as etcd's `compactMainRev`.
     pub fn compact_revision(&self) -> i64 {
         self.inner.index.read().compact_rev
     }
@@ -342,6 +339,20 @@ fn open_error(path: &Path, e: rocksdb::Error) -> Error {
             path.display()
         ))
     }
+}
+
+/// Reads an 8-byte meta record; `default` when it is absent.
+pub(crate) fn read_u64_meta(db: &DB, name: &[u8], default: u64) -> Result<u64> {
+    let meta = db.cf_handle(CF_META).expect("meta cf");
+    match db.get_cf(meta, name)? {
+        None => Ok(default),
+        Some(v) => decode_u64(&v).ok_or_else(|| Error::Corrupt(format!("meta {name:?}"))),
+    }
+}
+
+/// Reads an i64 meta record; `default` when it is absent.
+pub(crate) fn read_i64_meta(db: &DB, name: &[u8], default: i64) -> Result<i64> {
+    Ok(read_u64_meta(db, name, default as u64)? as i64)
 }
 
 pub(crate) fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {

@@ -22,10 +22,15 @@
 //!   for both orders (Go's `sort.Sort` is an insertion sort for up to 12
 //!   elements, which is what etcd does for results of this size).
 //!
+//! - A new store is at revision 1 (etcd's `currentRev` starts there), so
+//!   the first write is revision 2; the compaction point starts at -1
+//!   (etcd's `compactMainRev`), so a compaction at 0 or 1 of a new store
+//!   succeeds once, and one at -1 or below fails as compacted.
+//!
 //! Inputs etcd's gRPC layer rejects are not generated (a txn branch writing
 //! a key twice, `ignore_lease` with a lease, `ignore_value` with a value), nor
 //! are inputs where etcd's own behaviour is accidental: a negative revision
-//! inside a txn, a compaction at revision 0 or below.
+//! inside a txn.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -85,9 +90,10 @@ struct Version {
 type State = BTreeMap<Vec<u8>, Version>;
 
 struct Model {
-    /// `states[r]` is the whole store at revision `r`; `states[0]` is empty.
+    /// `states[r]` is the whole store at revision `r`. A new store is at
+    /// revision 1, empty; `states[0]` (also empty) is never read.
     states: Vec<State>,
-    /// Reads below it fail; 0 = never compacted.
+    /// Reads below it fail; -1 = never compacted.
     compact: i64,
     /// Every change ever made: revision and whether it is a deletion.
     log: Vec<(Revision, bool)>,
@@ -97,8 +103,8 @@ struct Model {
 impl Model {
     fn new() -> Self {
         Model {
-            states: vec![State::new()],
-            compact: 0,
+            states: vec![State::new(), State::new()],
+            compact: -1,
             log: Vec::new(),
             applied: 0,
         }
@@ -895,10 +901,12 @@ fn command(s: &WriteSpec, m: &Model) -> Command {
         WriteSpec::Compact(sel) => {
             let (cur, n) = (m.current(), i64::from(sel / 4));
             let revision = match sel % 4 {
-                // At the compaction point (or revision 1 before any).
-                0 => m.compact.max(1),
+                // At the compaction point (-1 before any): refused.
+                0 => m.compact,
                 1 => cur + 1 + n % 2,
-                _ => 1 + n % cur.max(1),
+                // Any revision of the store, 0 included.
+                2 => n % (cur + 1),
+                _ => 1 + n % cur,
             };
             Op::Compaction(CompactionRequest {
                 revision,
@@ -1151,41 +1159,41 @@ fn range_resp(r: &ResponseOp) -> &RangeResponse {
 #[test]
 fn delete_and_recreate_resets_version_and_create_revision() {
     let mut f = Fixture::new();
-    f.put("k", "a"); // 1
-    f.put("k", "b"); // 2
-    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "b", 1, 2, 2)));
-    assert_eq!(f.delete("k"), 1); // 3
+    f.put("k", "a"); // 2
+    f.put("k", "b"); // 3
+    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "b", 2, 3, 2)));
+    assert_eq!(f.delete("k"), 1); // 4
     assert_eq!(f.delete("k"), 0, "deleting a missing key takes no revision");
-    assert_eq!(f.store().current_revision(), 3);
+    assert_eq!(f.store().current_revision(), 4);
     assert_eq!(f.get("k", 0).unwrap(), None);
-    f.put("k", "c"); // 4
-    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "c", 4, 4, 1)));
+    f.put("k", "c"); // 5
+    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "c", 5, 5, 1)));
     // History stays readable, and survives a restart.
     f.reopen();
-    assert_eq!(f.get("k", 2).unwrap(), Some(kv("k", "b", 1, 2, 2)));
-    assert_eq!(f.get("k", 3).unwrap(), None);
-    assert_eq!(f.get("k", 4).unwrap(), Some(kv("k", "c", 4, 4, 1)));
-    f.put("k", "d"); // 5
-    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "d", 4, 5, 2)));
+    assert_eq!(f.get("k", 3).unwrap(), Some(kv("k", "b", 2, 3, 2)));
+    assert_eq!(f.get("k", 4).unwrap(), None);
+    assert_eq!(f.get("k", 5).unwrap(), Some(kv("k", "c", 5, 5, 1)));
+    f.put("k", "d"); // 6
+    assert_eq!(f.get("k", 0).unwrap(), Some(kv("k", "d", 5, 6, 2)));
 }
 
 #[test]
 fn txn_reads_its_own_writes() {
     let mut f = Fixture::new();
-    f.put("x", "old"); // 1
+    f.put("x", "old"); // 2
     let r = f.txn(TxnRequest {
         compare: vec![],
         success: vec![get_op("x"), put_op("x", "new"), get_op("x"), get_op("y")],
         failure: vec![],
     });
     assert!(r.succeeded);
-    assert_eq!(r.header.unwrap().revision, 2);
+    assert_eq!(r.header.unwrap().revision, 3);
     let before = range_resp(&r.responses[0]);
-    assert_eq!(before.kvs, vec![kv("x", "old", 1, 1, 1)]);
-    assert_eq!(before.header.unwrap().revision, 1, "nothing changed yet");
+    assert_eq!(before.kvs, vec![kv("x", "old", 2, 2, 1)]);
+    assert_eq!(before.header.unwrap().revision, 2, "nothing changed yet");
     let after = range_resp(&r.responses[2]);
-    assert_eq!(after.kvs, vec![kv("x", "new", 1, 2, 2)]);
-    assert_eq!(after.header.unwrap().revision, 2);
+    assert_eq!(after.kvs, vec![kv("x", "new", 2, 3, 2)]);
+    assert_eq!(after.header.unwrap().revision, 3);
     assert_eq!(range_resp(&r.responses[3]).count, 0);
     // A txn that only reads takes no revision.
     let r = f.txn(TxnRequest {
@@ -1193,14 +1201,14 @@ fn txn_reads_its_own_writes() {
         success: vec![get_op("x")],
         failure: vec![],
     });
-    assert_eq!(r.header.unwrap().revision, 2);
-    assert_eq!(f.store().current_revision(), 2);
+    assert_eq!(r.header.unwrap().revision, 3);
+    assert_eq!(f.store().current_revision(), 3);
 }
 
 #[test]
 fn nested_compares_see_the_state_before_the_txn() {
     let mut f = Fixture::new();
-    f.put("a", "1"); // 1: a has version 1
+    f.put("a", "1"); // 2: a has version 1
     let nested = TxnRequest {
         // True before the txn, false after its first put.
         compare: vec![version_is("a", 1)],
@@ -1218,41 +1226,46 @@ fn nested_compares_see_the_state_before_the_txn() {
         failure: vec![],
     });
     assert!(r.succeeded);
-    assert_eq!(r.header.unwrap().revision, 2);
+    assert_eq!(r.header.unwrap().revision, 3);
     let Some(Response::ResponseTxn(inner)) = &r.responses[1].response else {
         panic!("nested response: {:?}", r.responses[1]);
     };
     assert!(inner.succeeded, "the nested compare saw a at version 1");
     // etcd leaves a nested txn's header empty.
     assert_eq!(inner.header, Some(ResponseHeader::default()));
-    assert_eq!(f.get("b", 0).unwrap(), Some(kv("b", "then", 2, 2, 1)));
-    assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "2", 1, 2, 2)));
+    assert_eq!(f.get("b", 0).unwrap(), Some(kv("b", "then", 3, 3, 1)));
+    assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "2", 2, 3, 2)));
+}
+
+fn compact(f: &mut Fixture, revision: i64) -> Res<CommandResponse> {
+    f.apply(Op::Compaction(CompactionRequest {
+        revision,
+        physical: false,
+    }))
+}
+
+fn compacted_at(r: Res<CommandResponse>) -> i64 {
+    match r {
+        Ok(CommandResponse::Compaction(c)) => c.header.expect("header").revision,
+        other => panic!("compaction: {other:?}"),
+    }
 }
 
 #[test]
 fn compaction_survives_a_restart() {
     let mut f = Fixture::new();
-    f.put("a", "1"); // 1
-    f.put("a", "2"); // 2
-    f.put("b", "1"); // 3
-    f.delete("b"); // 4
-    f.put("a", "3"); // 5
-    f.put("c", "1"); // 6
-    let compact = |f: &mut Fixture, revision| {
-        f.apply(Op::Compaction(CompactionRequest {
-            revision,
-            physical: false,
-        }))
-    };
-    assert!(matches!(
-        compact(&mut f, 4),
-        Ok(CommandResponse::Compaction(_))
-    ));
+    f.put("a", "1"); // 2
+    f.put("a", "2"); // 3
+    f.put("b", "1"); // 4
+    f.delete("b"); // 5
+    f.put("a", "3"); // 6
+    f.put("c", "1"); // 7
+    assert_eq!(compacted_at(compact(&mut f, 5)), 7);
+    assert_eq!(compact(&mut f, 5), Err(Error::Compacted));
     assert_eq!(compact(&mut f, 4), Err(Error::Compacted));
-    assert_eq!(compact(&mut f, 3), Err(Error::Compacted));
-    assert_eq!(compact(&mut f, 7), Err(Error::FutureRev));
-    f.store().wait_compacted(4);
-    // Only a's version 2 (visible at 4) is left at or below the compaction.
+    assert_eq!(compact(&mut f, 8), Err(Error::FutureRev));
+    f.store().wait_compacted(5);
+    // Only a's version 3 (visible at 5) is left at or below the compaction.
     let stored: Vec<(i64, bool)> = f
         .store()
         .stored_revisions()
@@ -1260,22 +1273,74 @@ fn compaction_survives_a_restart() {
         .into_iter()
         .map(|(r, t)| (r.main, t))
         .collect();
-    assert_eq!(stored, vec![(2, false), (5, false), (6, false)]);
+    assert_eq!(stored, vec![(3, false), (6, false), (7, false)]);
     for _ in 0..2 {
         f.reopen();
-        assert_eq!(f.store().compact_revision(), 4);
-        assert_eq!(f.store().current_revision(), 6);
-        assert_eq!(f.get("a", 3), Err(Error::Compacted));
-        assert_eq!(f.get("a", 4).unwrap(), Some(kv("a", "2", 1, 2, 2)));
-        assert_eq!(f.get("b", 4).unwrap(), None);
-        assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "3", 1, 5, 3)));
-        assert_eq!(f.get("a", 7), Err(Error::FutureRev));
+        assert_eq!(f.store().compact_revision(), 5);
+        assert_eq!(f.store().current_revision(), 7);
+        assert_eq!(f.get("a", 4), Err(Error::Compacted));
+        assert_eq!(f.get("a", 5).unwrap(), Some(kv("a", "2", 2, 3, 2)));
+        assert_eq!(f.get("b", 5).unwrap(), None);
+        assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "3", 2, 6, 3)));
+        assert_eq!(f.get("a", 8), Err(Error::FutureRev));
         let all = f.store().range(&all_keys()).unwrap();
         assert_eq!(all.count, 2);
     }
     // Writing after the restart continues the key's generation.
-    assert_eq!(f.put("a", "4"), 7);
-    assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "4", 1, 7, 4)));
+    assert_eq!(f.put("a", "4"), 8);
+    assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "4", 2, 8, 4)));
+}
+
+/// etcd's store starts at revision 1 (`currentRev`), so an empty store
+/// reports revision 1 and the first write is revision 2; its compaction
+/// point starts at -1 (`compactMainRev`).
+#[test]
+fn a_new_store_is_at_revision_one() {
+    let mut f = Fixture::new();
+    assert_eq!(f.store().current_revision(), 1);
+    assert_eq!(f.store().compact_revision(), -1);
+    let all = f.store().range(&all_keys()).unwrap();
+    assert_eq!(all.header.unwrap().revision, 1);
+    assert!(all.kvs.is_empty());
+    assert_eq!(f.get("a", 1), Ok(None));
+    assert_eq!(f.get("a", 2), Err(Error::FutureRev));
+    // The starting revision is on disk from the start.
+    f.reopen();
+    assert_eq!(f.store().current_revision(), 1);
+    assert_eq!(f.store().compact_revision(), -1);
+    // Below the compaction point -1 is refused; at the current revision, 1,
+    // a compaction succeeds, and revision 1 stays readable.
+    assert_eq!(compact(&mut f, -1), Err(Error::Compacted));
+    assert_eq!(compact(&mut f, 2), Err(Error::FutureRev));
+    assert_eq!(compacted_at(compact(&mut f, 1)), 1);
+    assert_eq!(f.store().compact_revision(), 1);
+    f.store().wait_compacted(1);
+    assert_eq!(f.get("a", 1), Ok(None));
+    assert_eq!(compact(&mut f, 1), Err(Error::Compacted));
+    assert_eq!(compact(&mut f, 0), Err(Error::Compacted));
+    assert_eq!(f.put("a", "1"), 2);
+    assert_eq!(f.get("a", 1), Ok(None));
+    assert_eq!(f.get("a", 0).unwrap(), Some(kv("a", "1", 2, 2, 1)));
+    f.reopen();
+    assert_eq!(f.store().compact_revision(), 1);
+    assert_eq!(f.store().current_revision(), 2);
+    assert_eq!(f.get("a", 1), Ok(None));
+}
+
+/// As etcd, a compaction at revision 0 is accepted once on a store never
+/// compacted (0 > -1), and moves the compaction point to 0.
+#[test]
+fn a_compaction_at_zero_is_accepted_once() {
+    let mut f = Fixture::new();
+    assert_eq!(compacted_at(compact(&mut f, 0)), 1);
+    assert_eq!(f.store().compact_revision(), 0);
+    f.store().wait_compacted(0);
+    assert_eq!(compact(&mut f, 0), Err(Error::Compacted));
+    f.reopen();
+    assert_eq!(f.store().compact_revision(), 0);
+    assert_eq!(f.store().current_revision(), 1);
+    assert_eq!(f.get("a", 1), Ok(None));
+    assert_eq!(compacted_at(compact(&mut f, 1)), 1);
 }
 
 #[test]

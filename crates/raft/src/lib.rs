@@ -12,6 +12,8 @@
 //!
 //! Design choices and the reasons for them are in `docs/architecture.md`.
 #![deny(missing_docs)]
+// openraft's `StorageError` is large and is what its traits return.
+#![allow(clippy::result_large_err)]
 
 mod log_store;
 mod membership;

@@ -101,7 +101,7 @@ pub(crate) fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> Appl
         Ok(CommandResponse::Put(x)) => R::Put(x.clone()),
         Ok(CommandResponse::DeleteRange(x)) => R::DeleteRange(x.clone()),
         Ok(CommandResponse::Txn(x)) => R::Txn(x.clone()),
-        Ok(CommandResponse::Compaction(x)) => R::Compaction(x.clone()),
+        Ok(CommandResponse::Compaction(x)) => R::Compaction(*x),
         Ok(CommandResponse::Alarm(x)) => R::Alarm(x.clone()),
         Err(e) => {
             let (kind, message, index) = match e {

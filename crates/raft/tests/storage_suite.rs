@@ -1,6 +1,8 @@
 //! openraft's storage conformance suite, run against Ballast's log store and
 //! state machine (each case on fresh RocksDB directories).
 
+#![allow(clippy::result_large_err)] // openraft's StorageError is what the suite returns.
+
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_raft::{LogStore, StateMachine, TypeConfig};
 use openraft::testing::{StoreBuilder, Suite};

@@ -14,6 +14,7 @@ pub mod bootstrap;
 pub mod cluster_service;
 pub mod config;
 pub mod errors;
+pub mod grpc_limits;
 pub mod http;
 pub mod identity;
 pub mod kv;

@@ -271,12 +271,8 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(HashKvResponse {
             header,
             hash: h.hash,
-            // etcd reports -1 until the first compaction.
-            compact_revision: if h.compact_revision == 0 {
-                -1
-            } else {
-                h.compact_revision
-            },
+            // -1 until the first compaction, as etcd.
+            compact_revision: h.compact_revision,
             hash_revision: h.hash_revision,
         }))
     }

@@ -167,6 +167,8 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         ));
         // gRPC (HTTP/2) and etcd's HTTP/1 endpoints on the same listener.
         let router = Server::builder()
+            // grpc-go's code and message for requests over the size limit.
+            .layer(crate::grpc_limits::GrpcLimitsLayer)
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(2 * 60 * 60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
