@@ -2,7 +2,8 @@
 //!
 //! [`Member`] runs the real `ballast` binary with its own data directory and
 //! client port; [`EtcdReference`] runs a real etcd 3.4 beside it for
-//! differential tests; [`Target::etcdctl`] drives either with `etcdctl`.
+//! differential tests; [`Target::etcdctl`] drives either with `etcdctl`;
+//! [`cluster::Cluster`] runs a multi-member cluster and injects faults.
 //!
 //! Every process started here is stopped by `Drop` (SIGKILL, then waited
 //! for), and every wait has a deadline, so no test can hang or leave a
@@ -19,6 +20,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub mod cluster;
 
 pub use etcd_client;
 use etcd_client::{Client, ConnectOptions};

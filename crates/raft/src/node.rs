@@ -353,9 +353,22 @@ impl RaftNode {
         self.raft.metrics().borrow().current_term
     }
 
-    /// The current leader's ID, if one is known.
+    /// The current leader's ID, if one is known. A leader that has not
+    /// heard from a quorum for an election timeout knows of no leader: etcd
+    /// (CheckQuorum) steps down then, so `hasleader` requests, `/health` and
+    /// `Status` on a leader cut off from the majority say "no leader".
     pub fn leader_id(&self) -> Option<NodeId> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        if leader == self.id {
+            let limit = self.raft.config().election_timeout_min;
+            match m.millis_since_quorum_ack {
+                Some(ms) if ms <= limit => {}
+                _ => return None,
+            }
+        }
+        Some(leader)
     }
 
     /// The current leader and its node record, if known.

@@ -1,6 +1,8 @@
 //! The gRPC service a member serves to its peers on the peer URLs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use ballast_proto::ballastpb::raft_peer_server::RaftPeer;
 use ballast_proto::ballastpb::{
@@ -20,22 +22,50 @@ use crate::types::{to_proto, MemberNode, NodeId, TypeConfig};
 /// requests, forwarded proposals and membership changes.
 pub struct PeerService {
     node: Arc<RaftNode>,
+    started: Instant,
+    /// When a refusal was last logged: milliseconds after `started`, plus
+    /// one (0: never).
+    last_refusal_logged: AtomicU64,
 }
 
 impl PeerService {
     /// Serves `node` to the members of its cluster.
     pub fn new(node: Arc<RaftNode>) -> Self {
-        PeerService { node }
+        PeerService {
+            node,
+            started: Instant::now(),
+            last_refusal_logged: AtomicU64::new(0),
+        }
     }
 
     fn check(&self, cluster_id: u64) -> Result<(), Status> {
         let mine = self.node.cluster_id();
         if cluster_id != mine {
+            self.log_refusal(cluster_id);
             return Err(Status::failed_precondition(format!(
                 "request from cluster {cluster_id:x}, this member belongs to cluster {mine:x}"
             )));
         }
         Ok(())
+    }
+
+    /// Logs a refused request from another cluster, at most once a second
+    /// (a stray member sends several a second).
+    fn log_refusal(&self, theirs: u64) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_refusal_logged.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_refusal_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                request_cluster = %format!("{theirs:x}"),
+                local_cluster = %format!("{:x}", self.node.cluster_id()),
+                "refused a peer request from another cluster (a member with another --initial-cluster-token?)"
+            );
+        }
     }
 
     fn reply<T: Serialize>(result: &T) -> Result<Response<RaftMessage>, Status> {

@@ -216,7 +216,7 @@ impl Maintenance for MaintenanceService {
             header: self.header(),
             version: crate::ETCD_VERSION.to_string(),
             db_size: db_size as i64,
-            leader: m.current_leader.unwrap_or(0),
+            leader: node.leader_id().unwrap_or(0),
             raft_index: m.last_log_index.unwrap_or(0),
             raft_term: m.current_term,
             raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
