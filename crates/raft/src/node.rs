@@ -157,6 +157,59 @@ async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
 
 type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
 
+/// A random number of milliseconds below `bound` (no cryptographic need).
+fn jitter_ms(bound: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() % bound.max(1)
+}
+
+/// openraft 0.9 draws a member's election timeout once per process, so two
+/// members can keep campaigning in lock step, splitting the vote round after
+/// round. A voter that has known no leader for more than two maximum
+/// election timeouts (plus a fresh random delay) starts an election itself,
+/// which breaks the tie.
+async fn break_split_votes(node: std::sync::Weak<RaftNode>, election_ms: u64) {
+    let max_ms = 2 * election_ms;
+    let mut last_seen = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(
+            election_ms / 2 + jitter_ms(election_ms / 2),
+        ))
+        .await;
+        let Some(n) = node.upgrade() else { return };
+        let (leader, voter) = {
+            let m = n.raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == n.id);
+            (m.current_leader, voter)
+        };
+        if leader.is_some() {
+            last_seen = std::time::Instant::now();
+            continue;
+        }
+        let patience = Duration::from_millis(2 * max_ms + jitter_ms(election_ms));
+        if voter && last_seen.elapsed() > patience {
+            tracing::info!(
+                "no leader for {:?}: starting an election",
+                last_seen.elapsed()
+            );
+            let _ = n.raft.trigger().elect().await;
+            last_seen = std::time::Instant::now();
+        }
+    }
+}
+
 /// Serves read barriers in rounds: every request waiting when a round
 /// starts shares its read index, so concurrent linearizable reads cost one
 /// quorum round, not one each. A request arriving during a round waits for
@@ -232,6 +285,7 @@ impl RaftNode {
             leader_clients: Mutex::new(HashMap::new()),
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), read_rx));
+        tokio::spawn(break_split_votes(Arc::downgrade(&node), election_ms));
         Ok(node)
     }
 
