@@ -39,6 +39,8 @@ pub enum CommandResponse {
 pub(crate) struct Pending {
     pub wb: WriteBatch,
     pub overlay: HashMap<Revision, KeyValue>,
+    /// The batch's changes in order, for watchers (`None`: no watch hub).
+    pub changes: Option<Vec<crate::watch::Change>>,
 }
 
 impl Store {
@@ -75,7 +77,10 @@ impl Store {
                 "the store stopped after a failed write".into(),
             ));
         }
-        let mut pending = Pending::default();
+        let mut pending = Pending {
+            changes: crate::watch::collector(inner),
+            ..Default::default()
+        };
         let mut out = Vec::with_capacity(entries.len());
         for (index, cmd) in entries {
             if *index <= w.applied_index {
@@ -140,6 +145,9 @@ fn commit(inner: &Inner, w: &WriterState, mut pending: Pending) -> Result<()> {
     if *published != w.alarms {
         *published = w.alarms.clone();
     }
+    drop(published);
+    // Watchers get the batch's events only now that it is durable.
+    crate::watch::publish(inner, w.rev, pending.changes, pending.overlay);
     Ok(())
 }
 
@@ -160,6 +168,7 @@ fn compact(
         return Err(Error::FutureRev);
     }
     let mut batch = std::mem::take(pending);
+    pending.changes = batch.changes.as_ref().map(|_| Vec::new());
     batch
         .wb
         .put_cf(inner.cf(CF_META), META_SCHEDULED_COMPACT, i64_bytes(rev));
@@ -170,6 +179,8 @@ fn compact(
         ix.compact_rev = rev;
         ix.tree.compact(rev)
     };
+    // Before the removal is scheduled: the revision is still whole on disk.
+    crate::watch::compacted(inner, rev);
     inner.compactor.schedule(rev, keep);
     Ok(CommandResponse::Compaction(CompactionResponse {
         header: Some(ResponseHeader {

@@ -16,6 +16,8 @@
 //! - [`CommandResponse`] and [`Error`]: what applying a command gives.
 //! - [`KvHash`] ([`Store::hash_kv`]) and [`Crc32c`]: etcd's consistency
 //!   hash of the key history.
+//! - [`WatchHub`] ([`Store::watch_hub`]) and [`WatchStream`]: watchers of
+//!   key ranges, fed the events of committed writes (module [`watch`]).
 //!
 //! # Design
 //! Every change is stored under its revision, so history is append-only and
@@ -60,6 +62,7 @@ pub mod schema;
 mod snapshot;
 mod store;
 mod txn;
+pub mod watch;
 
 pub use apply::CommandResponse;
 pub use error::{Error, Result};
@@ -68,3 +71,6 @@ pub use index::{KeyRange, TreeIndex};
 pub use key_index::{KeyAt, KeyIndex};
 pub use revision::Revision;
 pub use store::{Store, StoreOptions};
+pub use watch::{
+    MessageKind, WatchError, WatchHub, WatchLimits, WatchMessage, WatchOptions, WatchStream,
+};

@@ -124,6 +124,8 @@ impl Store {
         inner.committed_rev.store(w.rev, Ordering::Release);
         inner.poisoned.store(false, Ordering::Release);
         inner.compactor.set_finished(finished);
+        // Watchers catch up again against the new content.
+        crate::watch::installed(inner, w.rev, scheduled);
         drop(_paused);
         if let Some(keep) = keep {
             if finished < scheduled {

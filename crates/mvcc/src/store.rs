@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use ballast_proto::etcdserverpb::{RangeRequest, RangeResponse};
 use ballast_proto::mvccpb::KeyValue;
@@ -19,6 +19,7 @@ use crate::index::TreeIndex;
 use crate::range;
 use crate::revision::Revision;
 use crate::schema::*;
+use crate::watch::hub::HubShared;
 
 /// How to open a [`Store`].
 #[derive(Clone, Debug)]
@@ -49,9 +50,9 @@ impl Default for StoreOptions {
 ///   between the compaction point and the current revision is answered.
 #[derive(Clone)]
 pub struct Store {
-    // Declared first so it is dropped first: it joins the compactor thread,
-    // after which `inner` is released and the database closed.
-    _compactor: Arc<CompactorGuard>,
+    // Declared first so it is dropped first: it joins the background
+    // threads, after which `inner` is released and the database closed.
+    _shutdown: Arc<Shutdown>,
     pub(crate) inner: Arc<Inner>,
 }
 
@@ -67,9 +68,28 @@ pub(crate) struct Inner {
     /// Set when a write to disk failed: memory may be ahead of disk.
     pub poisoned: AtomicBool,
     pub compactor: Arc<Compactor>,
+    /// The watch hub, created on first use ([`Store::watch_hub`]).
+    pub watch: OnceLock<Arc<HubShared>>,
     pub write_opts: WriteOptions,
     /// The alarms as of `committed_rev` (the writer's own copy may be ahead).
     pub alarms: RwLock<AlarmTable>,
+}
+
+/// Stops the store's background threads when its last handle goes: the
+/// watch syncer, then (when the guard's fields drop) the compactor.
+struct Shutdown {
+    inner: Weak<Inner>,
+    _compactor: CompactorGuard,
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade() {
+            if let Some(hub) = inner.watch.get() {
+                hub.stop_and_join();
+            }
+        }
+    }
 }
 
 pub(crate) struct IndexState {
@@ -177,6 +197,7 @@ impl Store {
             }),
             poisoned: AtomicBool::new(false),
             compactor: Arc::new(Compactor::new(finished)),
+            watch: OnceLock::new(),
             write_opts,
             alarms: RwLock::new(alarms),
         });
@@ -188,7 +209,10 @@ impl Store {
             }
         }
         Ok(Store {
-            _compactor: Arc::new(guard),
+            _shutdown: Arc::new(Shutdown {
+                inner: Arc::downgrade(&inner),
+                _compactor: guard,
+            }),
             inner,
         })
     }

@@ -259,6 +259,9 @@ impl<'a> WriteTxn<'a> {
             .wb
             .put_cf(self.inner.cf(CF_KV), rev.to_key(false), kv.encode_to_vec());
         self.pending.overlay.insert(rev, kv);
+        if let Some(changes) = &mut self.pending.changes {
+            changes.push(crate::watch::Change::Put(rev));
+        }
         self.inner.index.write().tree.put(key, rev);
         self.sub += 1;
         main
@@ -285,6 +288,9 @@ impl<'a> WriteTxn<'a> {
                 .wb
                 .put_cf(self.inner.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
             self.inner.index.write().tree.tombstone(key, rev);
+            if let Some(changes) = &mut self.pending.changes {
+                changes.push(crate::watch::Change::Delete(rev, key.clone()));
+            }
             self.sub += 1;
         }
         Ok(DeleteRangeResponse {

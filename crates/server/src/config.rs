@@ -121,6 +121,16 @@ pub struct MemberConfig {
         default_value_t = 5000
     )]
     pub snapshot_catchup_entries: u64,
+
+    /// Interval of the progress notifications of watchers created with
+    /// `progress_notify`, as a Go duration (`10m`, `5s`, `100ms`; at least
+    /// 100ms).
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub watch_progress_notify_interval: String,
 }
 
 impl MemberConfig {

@@ -1,10 +1,11 @@
 //! The Ballast member: etcd v3 gRPC services over the MVCC engine.
 //!
-//! [`run`] starts a member from a [`MemberConfig`] (etcd's flags): the KV
-//! and Maintenance gRPC services, and etcd's `/health`, `/version` and
-//! `/metrics` on the same client URLs ([`http`]). Reads are answered by the
-//! engine directly; writes go through a [`Proposer`], which applies them in
-//! order and batches concurrent ones into one synced write. Requests are
+//! [`run`] starts a member from a [`MemberConfig`] (etcd's flags): the KV,
+//! Watch ([`watch`]), Cluster and Maintenance gRPC services, and etcd's
+//! `/health`, `/version` and `/metrics` on the same client URLs
+//! ([`http`]). Reads are answered by the engine directly; writes go
+//! through a [`Proposer`], which applies them in order and batches
+//! concurrent ones into one synced write. Requests are
 //! checked as etcd's gRPC layer checks them ([`validate`], the backend
 //! [`quota`]) and errors carry etcd's codes and messages ([`EtcdError`]).
 //! [`restore`] makes a data directory from a snapshot file.
@@ -27,6 +28,7 @@ pub mod restore;
 mod server;
 pub mod up;
 pub mod validate;
+pub mod watch;
 
 pub use config::MemberConfig;
 pub use errors::EtcdError;

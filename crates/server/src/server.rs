@@ -10,6 +10,7 @@ use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use ballast_proto::etcdserverpb::watch_server::WatchServer;
 use ballast_raft::RaftNode;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
@@ -30,6 +31,7 @@ use crate::member;
 use crate::metrics::{MemberFacts, Metrics};
 use crate::proposer::Proposer;
 use crate::quota::Quota;
+use crate::watch::WatchService;
 
 /// Runs a member until `shutdown` completes, then stops serving and closes
 /// the store.
@@ -38,6 +40,9 @@ use crate::quota::Quota;
 /// Bad flags, an unusable data directory, or a listen address in use: the
 /// member does not start, and nothing on disk is changed.
 pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let progress_interval =
+        crate::watch::progress_notify_interval(&cfg.watch_progress_notify_interval)
+            .map_err(|e| anyhow::anyhow!("--experimental-watch-progress-notify-interval: {e}"))?;
     let mut addrs: Vec<SocketAddr> = Vec::new();
     let urls = split_urls(&cfg.listen_client_urls);
     if urls.is_empty() {
@@ -144,6 +149,14 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     let max_decode = cfg.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let watch_service = Arc::new(WatchService::new(
+        store.watch_hub(),
+        node.clone(),
+        progress_interval,
+        max_decode,
+        Duration::from_millis(cfg.election_timeout),
+        stop_rx.clone(),
+    ));
     let mut servers = Vec::new();
     for listener in listeners {
         let local = listener.local_addr()?;
@@ -163,6 +176,12 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         ))
         .add_service(InterceptedService::new(
             ClusterServer::from_arc(cluster.clone()),
+            require_leader(node.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            WatchServer::from_arc(watch_service.clone())
+                .max_decoding_message_size(max_decode)
+                .max_encoding_message_size(usize::MAX),
             require_leader(node.clone()),
         ));
         // gRPC (HTTP/2) and etcd's HTTP/1 endpoints on the same listener.
@@ -201,6 +220,7 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     drop(kv);
     drop(maintenance);
     drop(cluster);
+    drop(watch_service);
     drop(http_state);
     raft_member.stop().await;
     drop(node);
