@@ -40,8 +40,14 @@ impl Store {
     ) -> Result<Vec<Option<Vec<u8>>>> {
         let inner = &*self.inner;
         // Every apply is one atomic write, so any point-in-time view is a
-        // state between two batches.
-        let snap = inner.db.snapshot();
+        // state between two batches. Under the writer lock, the view is
+        // also made durable first: a log may be purged behind this image
+        // even when the store writes unsynced.
+        let snap = {
+            let _writer = inner.writer.lock();
+            inner.db.flush_wal(true)?;
+            inner.db.snapshot()
+        };
         w.write_all(MAGIC).map_err(io)?;
         let mut count: u64 = 0;
         for (tag, cf) in [(TAG_KV, CF_KV), (TAG_META, CF_META)] {

@@ -25,7 +25,10 @@ use crate::watch::hub::HubShared;
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// Sync the write-ahead log before [`Store::apply`] returns (on by
-    /// default; only tests that simulate no crash may turn it off).
+    /// default). A replicated member turns it off: its Raft log is synced
+    /// before anything is acknowledged and replays what a crash loses;
+    /// [`Store::write_snapshot`] syncs everything its image covers, so the
+    /// log may be purged behind it.
     pub sync_writes: bool,
 }
 

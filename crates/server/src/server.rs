@@ -85,14 +85,18 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     })?;
     let _lock = data_dir.lock().map_err(anyhow::Error::msg)?;
     let kv_path = data_dir.kv();
-    let store = tokio::task::spawn_blocking(move || Store::open(kv_path, StoreOptions::default()))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the data directory {}",
-                cfg.data_dir().display()
-            )
-        })?;
+    // Unsynced engine writes: the Raft log is synced before anything is
+    // acknowledged, and openraft re-applies committed entries after a crash.
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open(kv_path, StoreOptions { sync_writes: false })
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot open the data directory {}",
+            cfg.data_dir().display()
+        )
+    })?;
     tracing::info!(
         name = %cfg.name,
         revision = store.current_revision(),
