@@ -1,1 +1,16 @@
+//! Benchmarks of Ballast.
+//!
+//! - `benches/engine.rs`: criterion micro-benchmarks of the MVCC engine on
+//!   its own (see `../README.md`).
+//! - `ballast-bench` (`src/bin/ballast-bench.rs`): a load tool modelled on
+//!   etcd's `benchmark`, for any etcd v3 endpoint (Ballast or etcd). Its
+//!   parts live here: [`workload`] (what one request is), [`runner`] (clients,
+//!   rate, timeouts, deadline, progress), [`stats`] and [`report`] (latency
+//!   percentiles, error classes, the table and the JSON line).
 
+pub mod duration;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod stats;
+pub mod workload;
