@@ -70,6 +70,7 @@ impl AlarmTable {
                 ops_match(&t.success, &is_put) || ops_match(&t.failure, &is_put),
             ),
             command::Op::Alarm(_) => (false, false),
+            other => crate::lease::alarm_class(other).unwrap_or((false, false)),
         };
         if writes && self.any(AlarmType::Corrupt) {
             return Some(Error::CorruptAlarm);

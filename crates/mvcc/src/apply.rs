@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use ballast_proto::ballastpb::{command, Command};
 use ballast_proto::etcdserverpb::{
-    AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeResponse, PutResponse,
-    ResponseHeader, TxnResponse,
+    AlarmResponse, CompactionRequest, CompactionResponse, DeleteRangeResponse, LeaseGrantResponse,
+    LeaseRevokeResponse, PutResponse, ResponseHeader, TxnResponse,
 };
 use ballast_proto::mvccpb::KeyValue;
 use rocksdb::WriteBatch;
@@ -31,6 +31,10 @@ pub enum CommandResponse {
     Compaction(CompactionResponse),
     /// Response to an alarm command: the alarms listed, raised or cleared.
     Alarm(AlarmResponse),
+    /// Response to a lease grant.
+    LeaseGrant(LeaseGrantResponse),
+    /// Response to a lease revoke.
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Changes of the current batch not yet written: the write batch and the
@@ -97,6 +101,16 @@ impl Store {
                 }
                 (Some(command::Op::Alarm(a)), None) => {
                     Ok(crate::alarm::apply(inner, &mut w.alarms, &mut pending, a))
+                }
+                (Some(command::Op::LeaseGrant(g)), None) => {
+                    crate::lease::grant(inner, &w, &mut pending, g)
+                }
+                (Some(command::Op::LeaseRevoke(r)), None) => {
+                    match crate::lease::revoke(inner, &mut w, &mut pending, *index, r) {
+                        // Failed midway: the store is poisoned.
+                        Err(e @ Error::Storage(_)) => return Err(e),
+                        res => res,
+                    }
                 }
                 (Some(op), None) => {
                     let mut txn = WriteTxn::new(inner, &mut pending, w.rev);

@@ -19,6 +19,9 @@ pub enum Error {
     /// A put named a lease that does not exist.
     #[error("requested lease not found")]
     LeaseNotFound,
+    /// A grant named a lease ID that exists already.
+    #[error("lease already exists")]
+    LeaseExists,
     /// A NOSPACE alarm is active: puts (and txns that put) are refused until
     /// it is disarmed (etcd's `ErrNoSpace`).
     #[error("mvcc: database space exceeded")]

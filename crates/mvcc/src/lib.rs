@@ -55,6 +55,7 @@ mod error;
 mod hash;
 mod index;
 mod key_index;
+mod lease;
 mod maintenance;
 mod range;
 mod revision;
@@ -69,6 +70,7 @@ pub use error::{Error, Result};
 pub use hash::{Crc32c, KvHash};
 pub use index::{KeyRange, TreeIndex};
 pub use key_index::{KeyAt, KeyIndex};
+pub use lease::LeaseInfo;
 pub use revision::Revision;
 pub use store::{Store, StoreOptions};
 pub use watch::{

@@ -40,8 +40,12 @@ pub const NO_COMPACTION: i64 = -1;
 /// `etcdserverpb.AlarmMember`.
 pub const META_ALARM_PREFIX: &[u8] = b"alarm/";
 
+/// Prefix of the lease records: `lease/` + lease ID (8 bytes big-endian);
+/// the value is the granted TTL in seconds (8 bytes big-endian).
+pub const META_LEASE_PREFIX: &[u8] = b"lease/";
+
 /// True for the meta records that are the engine's replicated content (the
-/// format marker, revision, compaction points and alarms), as opposed to a
+/// format marker, revision, compaction points, alarms and leases), as opposed to a
 /// member's log position (`applied_index`) and records written by other
 /// layers with [`crate::Store::apply_with_meta`]. A restored backup keeps
 /// only these ([`crate::Store::reset_log_position`]); a new engine record
@@ -55,6 +59,7 @@ pub fn is_engine_meta(key: &[u8]) -> bool {
     ]
     .contains(&key)
         || key.starts_with(META_ALARM_PREFIX)
+        || key.starts_with(META_LEASE_PREFIX)
 }
 
 /// Encodes a u64 meta value.

@@ -103,16 +103,18 @@ impl Store {
 
         let loaded = load_records(inner, r).and_then(|()| {
             let db = &inner.db;
+            let (tree, _, attached) = restore_index(db)?;
             Ok((
-                restore_index(db)?.0,
+                tree,
                 read_i64_meta(db, META_SCHEDULED_COMPACT, NO_COMPACTION)?,
                 read_i64_meta(db, META_FINISHED_COMPACT, NO_COMPACTION)?,
                 read_u64_meta(db, META_APPLIED_INDEX, 0)?,
                 read_u64_meta(db, META_CURRENT_REV, 0)? as i64,
                 crate::alarm::AlarmTable::load(db)?,
+                crate::lease::LeaseTable::load(db, attached)?,
             ))
         });
-        let (mut tree, scheduled, finished, applied_index, rev, alarms) = match loaded {
+        let (mut tree, scheduled, finished, applied_index, rev, alarms, leases) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 // The old content is gone and the new one incomplete.
@@ -127,6 +129,7 @@ impl Store {
         w.rev = rev;
         w.alarms = alarms;
         *inner.alarms.write() = w.alarms.clone();
+        *inner.leases.lock() = leases;
         inner.committed_rev.store(w.rev, Ordering::Release);
         inner.poisoned.store(false, Ordering::Release);
         inner.compactor.set_finished(finished);

@@ -1,5 +1,6 @@
 //! The store: opening and restoring the database, and the read path.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     pub write_opts: WriteOptions,
     /// The alarms as of `committed_rev` (the writer's own copy may be ahead).
     pub alarms: RwLock<AlarmTable>,
+    /// The lease table, changed by the writer as it applies (see `lease.rs`).
+    pub leases: Mutex<crate::lease::LeaseTable>,
 }
 
 /// Stops the store's background threads when its last handle goes: the
@@ -175,7 +178,7 @@ impl Store {
         let scheduled = read_i64_meta(&db, META_SCHEDULED_COMPACT, NO_COMPACTION)?;
         let finished = read_i64_meta(&db, META_FINISHED_COMPACT, NO_COMPACTION)?;
 
-        let (mut tree, max_rev) = restore_index(&db)?;
+        let (mut tree, max_rev, attached) = restore_index(&db)?;
         if max_rev > current_rev {
             return Err(Error::Corrupt(format!(
                 "stored revision {max_rev} is past the recorded store revision {current_rev}"
@@ -183,6 +186,7 @@ impl Store {
         }
         let keep = (scheduled != NO_COMPACTION).then(|| tree.compact(scheduled));
         let alarms = AlarmTable::load(&db)?;
+        let leases = crate::lease::LeaseTable::load(&db, attached)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
         let inner = Arc::new(Inner {
@@ -203,6 +207,7 @@ impl Store {
             watch: OnceLock::new(),
             write_opts,
             alarms: RwLock::new(alarms),
+            leases: Mutex::new(leases),
         });
         let guard = Compactor::start(&inner);
         if let Some(keep) = keep {
@@ -387,9 +392,10 @@ pub(crate) fn decode_kv(bytes: &[u8]) -> Result<KeyValue> {
 }
 
 /// Rebuilds the key index from every stored revision; returns it with the
-/// newest revision found.
-pub(crate) fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
+/// newest revision found and the lease of every live key that has one.
+pub(crate) fn restore_index(db: &DB) -> Result<(TreeIndex, i64, HashMap<Vec<u8>, i64>)> {
     let mut tree = TreeIndex::default();
+    let mut attached = HashMap::new();
     let mut max_rev = 0;
     let cf = db.cf_handle(CF_KV).expect("kv cf");
     for item in db.iterator_cf(cf, IteratorMode::Start) {
@@ -400,8 +406,14 @@ pub(crate) fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
         if tombstone {
             // A tombstone whose generation was partly compacted away hides
             // nothing; it is dropped by the next compaction.
+            attached.remove(&kv.key);
             tree.tombstone(&kv.key, rev);
         } else {
+            if kv.lease != 0 {
+                attached.insert(kv.key.clone(), kv.lease);
+            } else {
+                attached.remove(&kv.key);
+            }
             tree.put_restored(
                 &kv.key,
                 rev,
@@ -411,5 +423,5 @@ pub(crate) fn restore_index(db: &DB) -> Result<(TreeIndex, i64)> {
         }
         max_rev = max_rev.max(rev.main);
     }
-    Ok((tree, max_rev))
+    Ok((tree, max_rev, attached))
 }

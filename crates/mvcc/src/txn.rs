@@ -71,7 +71,7 @@ impl<'a> WriteTxn<'a> {
         match op {
             command::Op::Put(p) => {
                 // etcd's Put looks the lease up before ignore_value/ignore_lease.
-                if !p.ignore_lease && p.lease != 0 {
+                if !p.ignore_lease && p.lease != 0 && !self.lease_exists(p.lease) {
                     return Err(Error::LeaseNotFound);
                 }
                 self.check_put(p)?;
@@ -86,8 +86,11 @@ impl<'a> WriteTxn<'a> {
                 self.check_ops(t, &path, &mut 0, true)?;
                 self.txn(t, &path, &mut 0).map(CommandResponse::Txn)
             }
-            command::Op::Compaction(_) | command::Op::Alarm(_) => {
-                unreachable!("compactions and alarms are applied by the store")
+            command::Op::Compaction(_)
+            | command::Op::Alarm(_)
+            | command::Op::LeaseGrant(_)
+            | command::Op::LeaseRevoke(_) => {
+                unreachable!("compactions, alarms and leases are applied by the store")
             }
         }
     }
@@ -142,11 +145,14 @@ impl<'a> WriteTxn<'a> {
         if (p.ignore_value || p.ignore_lease) && self.latest(&p.key)?.is_none() {
             return Err(Error::KeyNotFound);
         }
-        if !p.ignore_lease && p.lease != 0 {
-            // Leases arrive with the lease table; until then none exists.
+        if !p.ignore_lease && p.lease != 0 && !self.lease_exists(p.lease) {
             return Err(Error::LeaseNotFound);
         }
         Ok(())
+    }
+
+    fn lease_exists(&self, id: i64) -> bool {
+        self.inner.leases.lock().contains(id)
     }
 
     fn check_range(&self, r: &RangeRequest) -> Result<()> {
@@ -263,6 +269,8 @@ impl<'a> WriteTxn<'a> {
             changes.push(crate::watch::Change::Put(rev));
         }
         self.inner.index.write().tree.put(key, rev);
+        // Overwriting a key moves it to the new lease (or to none).
+        self.inner.leases.lock().attach(key, lease);
         self.sub += 1;
         main
     }
@@ -288,6 +296,7 @@ impl<'a> WriteTxn<'a> {
                 .wb
                 .put_cf(self.inner.cf(CF_KV), rev.to_key(true), tomb.encode_to_vec());
             self.inner.index.write().tree.tombstone(key, rev);
+            self.inner.leases.lock().detach(key);
             if let Some(changes) = &mut self.pending.changes {
                 changes.push(crate::watch::Change::Delete(rev, key.clone()));
             }

@@ -243,6 +243,8 @@ pub struct RaftNode {
     leader_clients: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
     proposals: mpsc::Sender<Proposal>,
     read_rounds: mpsc::Sender<ReadWaiter>,
+    /// The leader's lease deadlines (`lease.rs`).
+    pub(crate) lessor: crate::lease::Lessor,
 }
 
 impl RaftNode {
@@ -286,6 +288,7 @@ impl RaftNode {
             applied: sm.applied_index(),
             sm,
             leader_clients: Mutex::new(HashMap::new()),
+            lessor: Default::default(),
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), read_rx));
         tokio::spawn(break_split_votes(Arc::downgrade(&node), election_ms));
@@ -340,7 +343,16 @@ impl RaftNode {
                     tonic::Code::Unavailable if s.message().contains("no leader") => {
                         NodeError::NoLeader
                     }
-                    _ => NodeError::Unavailable(s.message().to_string()),
+                    // The leader's own answer.
+                    _ if s.message().starts_with("etcdserver:") => {
+                        NodeError::Unavailable(s.message().to_string())
+                    }
+                    // The leader could not be reached (or the connection
+                    // broke): etcd's client sees the leader as changed.
+                    _ => {
+                        tracing::debug!(status = %s, "forwarding to the leader failed");
+                        NodeError::Unavailable("etcdserver: leader changed".into())
+                    }
                 })?;
                 let resp = resp.into_inner();
                 let result = resp

@@ -7,7 +7,8 @@ use std::time::Instant;
 use ballast_proto::ballastpb::raft_peer_server::RaftPeer;
 use ballast_proto::ballastpb::{
     ChangeMembersRequest, ChangeMembersResponse, ClusterInfoRequest, ClusterInfoResponse,
-    ProposeRequest, ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse,
+    LeaseForwardRequest, LeaseForwardResponse, ProposeRequest, ProposeResponse, RaftMessage,
+    ReadIndexRequest, ReadIndexResponse,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
@@ -165,6 +166,35 @@ impl RaftPeer for PeerService {
         };
         let result = bincode::serialize(&result).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ChangeMembersResponse { result }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<LeaseForwardRequest>,
+    ) -> Result<Response<LeaseForwardResponse>, Status> {
+        let req = request.into_inner();
+        self.check(req.cluster_id)?;
+        // Not forwarded again: only the leader keeps deadlines.
+        let ttl = self
+            .node
+            .lease_keep_alive_local(req.id)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(LeaseForwardResponse { ttl }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseForwardRequest>,
+    ) -> Result<Response<LeaseForwardResponse>, Status> {
+        let req = request.into_inner();
+        self.check(req.cluster_id)?;
+        let ttl = self
+            .node
+            .lease_remaining_local(req.id)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(LeaseForwardResponse { ttl }))
     }
 
     async fn cluster_info(

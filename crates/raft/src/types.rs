@@ -103,12 +103,15 @@ pub(crate) fn to_proto(r: &Result<CommandResponse, ballast_mvcc::Error>) -> Appl
         Ok(CommandResponse::Txn(x)) => R::Txn(x.clone()),
         Ok(CommandResponse::Compaction(x)) => R::Compaction(*x),
         Ok(CommandResponse::Alarm(x)) => R::Alarm(x.clone()),
+        Ok(CommandResponse::LeaseGrant(x)) => R::LeaseGrant(x.clone()),
+        Ok(CommandResponse::LeaseRevoke(x)) => R::LeaseRevoke(*x),
         Err(e) => {
             let (kind, message, index) = match e {
                 E::Compacted => ("compacted", String::new(), 0),
                 E::FutureRev => ("future_rev", String::new(), 0),
                 E::KeyNotFound => ("key_not_found", String::new(), 0),
                 E::LeaseNotFound => ("lease_not_found", String::new(), 0),
+                E::LeaseExists => ("lease_exists", String::new(), 0),
                 E::NoSpace => ("no_space", String::new(), 0),
                 E::CorruptAlarm => ("corrupt_alarm", String::new(), 0),
                 E::AlreadyApplied(i) => ("already_applied", String::new(), *i),
@@ -140,11 +143,14 @@ pub(crate) fn from_proto(
         R::Txn(x) => Ok(CommandResponse::Txn(x)),
         R::Compaction(x) => Ok(CommandResponse::Compaction(x)),
         R::Alarm(x) => Ok(CommandResponse::Alarm(x)),
+        R::LeaseGrant(x) => Ok(CommandResponse::LeaseGrant(x)),
+        R::LeaseRevoke(x) => Ok(CommandResponse::LeaseRevoke(x)),
         R::Error(e) => Err(match e.kind.as_str() {
             "compacted" => E::Compacted,
             "future_rev" => E::FutureRev,
             "key_not_found" => E::KeyNotFound,
             "lease_not_found" => E::LeaseNotFound,
+            "lease_exists" => E::LeaseExists,
             "no_space" => E::NoSpace,
             "corrupt_alarm" => E::CorruptAlarm,
             "already_applied" => E::AlreadyApplied(e.index),
@@ -229,7 +235,9 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, MemberNode>;
 mod tests {
     use super::*;
     use ballast_proto::ballastpb::command::Op;
-    use ballast_proto::etcdserverpb::{PutRequest, PutResponse, ResponseHeader};
+    use ballast_proto::etcdserverpb::{
+        LeaseGrantResponse, LeaseRevokeResponse, PutRequest, PutResponse, ResponseHeader,
+    };
 
     #[test]
     fn payloads_round_trip_through_bincode() {
@@ -257,6 +265,16 @@ mod tests {
                 })),
                 Err(ballast_mvcc::Error::Compacted),
                 Err(ballast_mvcc::Error::AlreadyApplied(9)),
+                Err(ballast_mvcc::Error::LeaseExists),
+                Ok(CommandResponse::LeaseGrant(LeaseGrantResponse {
+                    header: None,
+                    id: 5,
+                    ttl: 10,
+                    error: String::new(),
+                })),
+                Ok(CommandResponse::LeaseRevoke(LeaseRevokeResponse {
+                    header: None,
+                })),
             ],
         ] {
             let r = Response { results };

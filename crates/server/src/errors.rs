@@ -40,6 +40,12 @@ pub enum EtcdError {
     /// The lease does not exist.
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    /// A grant named a lease ID that exists already.
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    /// A grant with a TTL above etcd's maximum (9,000,000,000 s).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     /// The backend is over its quota, or a NOSPACE alarm is active.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
@@ -79,8 +85,9 @@ impl EtcdError {
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
             | InvalidSortOption | RequestTooLarge => Code::InvalidArgument,
-            Compacted | FutureRev => Code::OutOfRange,
+            Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound => Code::NotFound,
+            LeaseExist => Code::FailedPrecondition,
             NoSpace => Code::ResourceExhausted,
             BadLeaderTransferee => Code::FailedPrecondition,
             DowngradeUnsupported => Code::Unimplemented,
@@ -105,6 +112,7 @@ impl From<ballast_mvcc::Error> for EtcdError {
             M::FutureRev => EtcdError::FutureRev,
             M::KeyNotFound => EtcdError::KeyNotFound,
             M::LeaseNotFound => EtcdError::LeaseNotFound,
+            M::LeaseExists => EtcdError::LeaseExist,
             M::NoSpace => EtcdError::NoSpace,
             M::CorruptAlarm => EtcdError::Corrupt,
             M::Corrupt(msg) => {

@@ -1,7 +1,7 @@
 //! The Ballast member: etcd v3 gRPC services over the MVCC engine.
 //!
 //! [`run`] starts a member from a [`MemberConfig`] (etcd's flags): the KV,
-//! Watch ([`watch`]), Cluster and Maintenance gRPC services, and etcd's
+//! Watch ([`watch`]), Lease ([`lease`]), Cluster and Maintenance gRPC services, and etcd's
 //! `/health`, `/version` and `/metrics` on the same client URLs
 //! ([`http`]). Reads are answered by the engine directly; writes go
 //! through a [`Proposer`], which applies them in order and batches
@@ -19,6 +19,7 @@ pub mod grpc_limits;
 pub mod http;
 pub mod identity;
 pub mod kv;
+pub mod lease;
 pub mod maintenance;
 pub mod member;
 pub mod metrics;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use ballast_mvcc::{Store, StoreOptions};
 use ballast_proto::etcdserverpb::cluster_server::ClusterServer;
 use ballast_proto::etcdserverpb::kv_server::KvServer;
+use ballast_proto::etcdserverpb::lease_server::LeaseServer;
 use ballast_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use ballast_proto::etcdserverpb::watch_server::WatchServer;
 use ballast_raft::RaftNode;
@@ -26,6 +27,7 @@ use crate::errors::EtcdError;
 use crate::http::{with_http, HttpState};
 use crate::identity::DataDir;
 use crate::kv::{HeaderInfo, KvService, Limits};
+use crate::lease::LeaseService;
 use crate::maintenance::MaintenanceService;
 use crate::member;
 use crate::metrics::{MemberFacts, Metrics};
@@ -133,6 +135,12 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     let kv = Arc::new(
         KvService::new(store.clone(), proposer.clone(), header.clone(), limits).with_quota(quota),
     );
+    let lease = Arc::new(LeaseService::new(
+        store.clone(),
+        proposer.clone(),
+        header.clone(),
+        crate::lease::min_lease_ttl(cfg.election_timeout),
+    ));
     let maintenance = Arc::new(MaintenanceService::new(
         store.clone(),
         proposer.clone(),
@@ -142,7 +150,7 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     let cluster = Arc::new(ClusterService::new(node.clone()));
     let http_state = Arc::new(HttpState {
         store: store.clone(),
-        proposer,
+        proposer: proposer.clone(),
         metrics,
         facts: MemberFacts {
             member_id: node.id(),
@@ -153,6 +161,7 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     let max_decode = cfg.max_request_bytes as usize + GRPC_OVERHEAD_BYTES;
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let expiry = tokio::spawn(crate::lease::run_expiry(proposer.clone(), stop_rx.clone()));
     let watch_service = Arc::new(WatchService::new(
         store.watch_hub(),
         node.clone(),
@@ -180,6 +189,12 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         ))
         .add_service(InterceptedService::new(
             ClusterServer::from_arc(cluster.clone()),
+            require_leader(node.clone()),
+        ))
+        .add_service(InterceptedService::new(
+            LeaseServer::from_arc(lease.clone())
+                .max_decoding_message_size(max_decode)
+                .max_encoding_message_size(usize::MAX),
             require_leader(node.clone()),
         ))
         .add_service(InterceptedService::new(
@@ -221,7 +236,10 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
         // Streams that do not end in time are cut off.
         let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
     }
+    let _ = expiry.await;
     drop(kv);
+    drop(lease);
+    drop(proposer);
     drop(maintenance);
     drop(cluster);
     drop(watch_service);

@@ -172,7 +172,7 @@ impl Fx {
                         }
                     }
                 }
-                Op::Compaction(_) | Op::Alarm(_) => {}
+                Op::Compaction(_) | Op::Alarm(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) => {}
             }
             if changed {
                 rev += 1;
