@@ -3,178 +3,30 @@
 //! `etcdctl lease` / `etcdctl lock` (3.4). Each test has its own ports
 //! (below 32768) and data directory; every wait has a deadline.
 
-use std::collections::hash_map::RandomState;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::lease_client::LeaseClient;
-use ballast_proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use ballast_proto::etcdserverpb::{LeaseKeepAliveRequest, StatusRequest};
-use ballast_server::MemberConfig;
+use ballast_proto::etcdserverpb::LeaseKeepAliveRequest;
 use etcd_client::{
     Client, EventType, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions,
     WatchOptions,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod common;
+use common::{within, Member};
 
-/// Fails the test if `fut` does not finish in time.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEADLINE, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no answer within {DEADLINE:?}"),
-    }
+/// What these tests need of a member beyond the shared harness.
+trait LeaseMember {
+    async fn client(&self) -> Client;
 }
 
-/// A port on 127.0.0.1 in 10000..32000 (below the ephemeral range) that
-/// was free a moment ago.
-fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos(),
-        );
-        let port = 10000 + (h.finish() % 22000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port found");
-}
-
-#[derive(clap::Parser)]
-struct Flags {
-    #[command(flatten)]
-    member: MemberConfig,
-}
-
-/// A member running in this process.
-struct Member {
-    port: u16,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Member {
-    /// Starts a one-member cluster with extra flags.
-    async fn start(extra: &[&str]) -> Member {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let peer = free_port();
-            match Self::run(dir.path(), port, peer, extra).await {
-                Ok((stop, task)) => {
-                    return Member {
-                        port,
-                        _dir: dir,
-                        stop: Some(stop),
-                        task: Some(task),
-                    }
-                }
-                Err(e) if e.contains("cannot listen") => continue,
-                Err(e) => panic!("member did not start: {e}"),
-            }
-        }
-        panic!("no port to start a member on");
-    }
-
-    async fn run(
-        dir: &Path,
-        port: u16,
-        peer: u16,
-        extra: &[&str],
-    ) -> Result<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>), String> {
-        use clap::Parser;
-        let url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let data: PathBuf = dir.join("data");
-        let mut args: Vec<String> = [
-            "ballast",
-            "--name",
-            "l1",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(["--initial-cluster".into(), format!("l1={peer_url}")]);
-        args.extend(["--data-dir".into(), data.display().to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let cfg = Flags::try_parse_from(args).expect("flags").member;
-        let (tx, rx) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(ballast_server::run(cfg, async move {
-            let _ = rx.await;
-        }));
-        let started = Instant::now();
-        loop {
-            if task.is_finished() {
-                let res = (&mut task).await.expect("member task");
-                return Err(match res {
-                    Ok(()) => "stopped by itself".to_string(),
-                    Err(e) => format!("{e:#}"),
-                });
-            }
-            if let Ok(mut c) = MaintenanceClient::connect(url.clone()).await {
-                if let Ok(s) = c.status(StatusRequest {}).await {
-                    if s.into_inner().leader != 0 {
-                        break;
-                    }
-                }
-            }
-            assert!(started.elapsed() < DEADLINE, "member not serving in time");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok((tx, task))
-    }
-
-    async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            within("stop", task)
-                .await
-                .expect("member task")
-                .expect("member stopped cleanly");
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
+impl LeaseMember for Member {
     async fn client(&self) -> Client {
         within("connect", Client::connect([self.endpoint()], None))
             .await
             .expect("connect")
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -194,7 +46,7 @@ async fn get(c: &mut Client, key: &str) -> Option<(String, i64)> {
 
 #[tokio::test]
 async fn grant_keepalive_ttl_leases_revoke_and_errors() {
-    let mut m = Member::start(&[]).await;
+    let mut m = Member::start("l1", &[]).await;
     let mut c = m.client().await;
 
     // A TTL below the minimum (2 s with a 1000 ms election timeout) is
@@ -349,7 +201,7 @@ async fn grant_keepalive_ttl_leases_revoke_and_errors() {
 
 #[tokio::test]
 async fn expired_lease_deletes_its_keys_and_watchers_see_it_unless_kept_alive() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("l1", &[]).await;
     let mut c = m.client().await;
     let dying = within("grant", c.lease_grant(2, None)).await.unwrap().id();
     let kept = within("grant", c.lease_grant(2, None)).await.unwrap().id();
@@ -454,7 +306,7 @@ async fn etcdctl_lease_commands() {
     if !have_etcdctl() {
         return;
     }
-    let m = Member::start(&[]).await;
+    let m = Member::start("l1", &[]).await;
     let out = run(&m, &["lease", "grant", "30"]).await;
     // "lease 694d77aa9e38260f granted with TTL(30s)"
     let words: Vec<&str> = out.split_whitespace().collect();
@@ -484,7 +336,7 @@ async fn etcdctl_lock_passes_when_the_holder_dies() {
     if !have_etcdctl() {
         return;
     }
-    let m = Member::start(&[]).await;
+    let m = Member::start("l1", &[]).await;
     let mut first = etcdctl(&m, &["lock", "--ttl", "2", "mylock"])
         .spawn()
         .expect("etcdctl");

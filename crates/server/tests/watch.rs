@@ -3,172 +3,46 @@
 //! `etcd-client` crate and `etcdctl watch` (3.4). Each test has its own
 //! ports (below 32768) and data directory; every wait has a deadline.
 
-use std::collections::hash_map::RandomState;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ballast_proto::etcdserverpb::kv_client::KvClient;
-use ballast_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ballast_proto::etcdserverpb::request_op::Request as Op;
 use ballast_proto::etcdserverpb::watch_client::WatchClient;
 use ballast_proto::etcdserverpb::watch_create_request::FilterType;
 use ballast_proto::etcdserverpb::watch_request::RequestUnion;
 use ballast_proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, StatusRequest, TxnRequest,
-    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
+    CompactionRequest, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCancelRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use ballast_proto::mvccpb::event::EventType;
-use ballast_server::MemberConfig;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod common;
+use common::{within, Member, DEADLINE};
 
-/// Fails the test if `fut` does not finish in time.
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEADLINE, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("{what}: no answer within {DEADLINE:?}"),
-    }
+/// What these tests need of a member beyond the shared harness.
+trait WatchMember {
+    async fn kv(&self) -> KvClient<Channel>;
+    /// A raw watch stream: a sender of requests and the responses.
+    async fn watch(&self) -> Stream;
+    async fn watch_with(
+        &self,
+        f: impl FnOnce(WatchClient<Channel>) -> WatchClient<Channel>,
+    ) -> Stream;
 }
 
-/// A port on 127.0.0.1 in 10000..32000 (below the ephemeral range) that
-/// was free a moment ago.
-fn free_port() -> u16 {
-    for _ in 0..1000 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos(),
-        );
-        let port = 10000 + (h.finish() % 22000) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port found");
-}
-
-#[derive(clap::Parser)]
-struct Flags {
-    #[command(flatten)]
-    member: MemberConfig,
-}
-
-/// A member running in this process.
-struct Member {
-    port: u16,
-    _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Member {
-    /// Starts a one-member cluster with extra flags.
-    async fn start(extra: &[&str]) -> Member {
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let peer = free_port();
-            match Self::run(dir.path(), port, peer, extra).await {
-                Ok((stop, task)) => {
-                    return Member {
-                        port,
-                        _dir: dir,
-                        stop: Some(stop),
-                        task: Some(task),
-                    }
-                }
-                Err(e) if e.contains("cannot listen") => continue,
-                Err(e) => panic!("member did not start: {e}"),
-            }
-        }
-        panic!("no port to start a member on");
-    }
-
-    async fn run(
-        dir: &Path,
-        port: u16,
-        peer: u16,
-        extra: &[&str],
-    ) -> Result<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>), String> {
-        use clap::Parser;
-        let url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let data: PathBuf = dir.join("data");
-        let mut args: Vec<String> = [
-            "ballast",
-            "--name",
-            "w1",
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(["--initial-cluster".into(), format!("w1={peer_url}")]);
-        args.extend(["--data-dir".into(), data.display().to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let cfg = Flags::try_parse_from(args).expect("flags").member;
-        let (tx, rx) = oneshot::channel::<()>();
-        let mut task = tokio::spawn(ballast_server::run(cfg, async move {
-            let _ = rx.await;
-        }));
-        let started = Instant::now();
-        loop {
-            if task.is_finished() {
-                let res = (&mut task).await.expect("member task");
-                return Err(match res {
-                    Ok(()) => "stopped by itself".to_string(),
-                    Err(e) => format!("{e:#}"),
-                });
-            }
-            if let Ok(mut c) = MaintenanceClient::connect(url.clone()).await {
-                if let Ok(s) = c.status(StatusRequest {}).await {
-                    if s.into_inner().leader != 0 {
-                        break;
-                    }
-                }
-            }
-            assert!(started.elapsed() < DEADLINE, "member not serving in time");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok((tx, task))
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
+impl WatchMember for Member {
     async fn kv(&self) -> KvClient<Channel> {
         within("connect", KvClient::connect(self.url()))
             .await
             .expect("connect")
     }
 
-    /// A raw watch stream: a sender of requests and the responses.
     async fn watch(&self) -> Stream {
         self.watch_with(|c| c).await
     }
@@ -187,26 +61,6 @@ impl Member {
             .expect("watch stream")
             .into_inner();
         Stream { tx, resp }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            within("stop", task)
-                .await
-                .expect("member task")
-                .expect("member stopped cleanly");
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -321,7 +175,7 @@ fn ev(t: EventType, k: &str, v: &str, rev: i64) -> (EventType, String, String, i
 
 #[tokio::test]
 async fn watch_a_prefix_puts_deletes_and_txns_in_order() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut kv = m.kv().await;
     let mut w = m.watch().await;
     w.create(create("/w/", "/w0", 0)).await;
@@ -387,7 +241,7 @@ async fn watch_a_prefix_puts_deletes_and_txns_in_order() {
 
 #[tokio::test]
 async fn old_revisions_replay_and_compacted_ones_cancel() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut kv = m.kv().await;
     let mut revs = vec![];
     for i in 0..5 {
@@ -435,7 +289,11 @@ async fn old_revisions_replay_and_compacted_ones_cancel() {
 
 #[tokio::test]
 async fn progress_requests_and_notifications() {
-    let m = Member::start(&["--experimental-watch-progress-notify-interval", "200ms"]).await;
+    let m = Member::start(
+        "w1",
+        &["--experimental-watch-progress-notify-interval", "200ms"],
+    )
+    .await;
     let mut kv = m.kv().await;
     let rev = put(&mut kv, "p", "1").await;
     let mut w = m.watch().await;
@@ -503,7 +361,7 @@ async fn progress_requests_and_notifications() {
 
 #[tokio::test]
 async fn prev_kv_filters_ids_and_cancel() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut kv = m.kv().await;
     let mut w = m.watch().await;
     w.create(WatchCreateRequest {
@@ -610,7 +468,7 @@ async fn prev_kv_filters_ids_and_cancel() {
 
 #[tokio::test]
 async fn large_responses_are_fragmented_on_request() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut kv = m.kv().await;
     let value = "x".repeat(100 * 1024);
     for i in 0..30 {
@@ -659,7 +517,7 @@ async fn large_responses_are_fragmented_on_request() {
 
 #[tokio::test]
 async fn etcd_client_watch_api() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut client = within(
         "connect",
         etcd_client::Client::connect([m.endpoint()], None),
@@ -752,7 +610,7 @@ async fn etcdctl_watch() {
         eprintln!("etcdctl not installed; skipping");
         return;
     }
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut kv = m.kv().await;
     let r1 = put(&mut kv, "e/a", "1").await;
     let mut child = etcdctl(&m, &["watch", "--prefix", "e/"])
@@ -825,7 +683,7 @@ async fn etcdctl_watch() {
 
 #[tokio::test]
 async fn streams_end_when_the_member_stops() {
-    let mut m = Member::start(&[]).await;
+    let mut m = Member::start("w1", &[]).await;
     let mut w = m.watch().await;
     w.create(create("s", "", 0)).await;
     assert!(w.next().await.created);
@@ -837,7 +695,7 @@ async fn streams_end_when_the_member_stops() {
 
 #[tokio::test]
 async fn hasleader_streams_work_with_a_leader() {
-    let m = Member::start(&[]).await;
+    let m = Member::start("w1", &[]).await;
     let mut client = within("connect", WatchClient::connect(m.url()))
         .await
         .expect("connect");
