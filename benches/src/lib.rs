@@ -13,4 +13,5 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod stats;
+pub mod streams;
 pub mod workload;

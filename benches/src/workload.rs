@@ -153,6 +153,20 @@ pub enum Workload {
         /// Consistency of the read before the transaction.
         read: Consistency,
     },
+    /// `watch-latency` (run by [`crate::streams::watch_latency`]).
+    WatchLatency {
+        /// Watchers.
+        watchers: usize,
+        /// Key prefix watched and written.
+        prefix: String,
+        /// With `--total 0`: how long to hold the idle watchers.
+        hold_s: f64,
+    },
+    /// `lease-keepalive` (run by [`crate::streams::lease_keepalive`]).
+    LeaseKeepalive {
+        /// Leases (TTL 60), one keep-alive stream each.
+        leases: usize,
+    },
 }
 
 /// How a successful operation ended.
@@ -171,6 +185,8 @@ impl Workload {
             Workload::Put { .. } => "put",
             Workload::Range { .. } => "range",
             Workload::TxnPut { .. } => "txn-put",
+            Workload::WatchLatency { .. } => "watch-latency",
+            Workload::LeaseKeepalive { .. } => "lease-keepalive",
         }
     }
 
@@ -208,6 +224,21 @@ impl Workload {
                 "key_space_size": keys.space,
                 "sequential_keys": keys.sequential,
                 "read_consistency": read.letter(),
+            }),
+            Workload::WatchLatency {
+                watchers,
+                prefix,
+                hold_s,
+            } => serde_json::json!({
+                "watchers": watchers,
+                "key_prefix": prefix,
+                "hold_s": hold_s,
+                "latency_from": "before sending the put (as etcd's benchmark)",
+            }),
+            Workload::LeaseKeepalive { leases } => serde_json::json!({
+                "leases": leases,
+                "ttl_s": 60,
+                "latency_from": "sending the keep-alive to its response",
             }),
         }
     }
@@ -268,6 +299,8 @@ impl Workload {
                     Outcome::Conflict
                 })
             }
+            // Stream workloads run whole, not request by request.
+            Workload::WatchLatency { .. } | Workload::LeaseKeepalive { .. } => Ok(Outcome::Done),
         }
     }
 }

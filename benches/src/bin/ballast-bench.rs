@@ -23,6 +23,7 @@ use ballast_benches::duration;
 use ballast_benches::report::Report;
 use ballast_benches::rng::seed_from_time;
 use ballast_benches::runner::{run, RunOptions};
+use ballast_benches::streams;
 use ballast_benches::workload::{Consistency, KeyGen, Workload};
 use clap::{Args, Parser, Subcommand};
 
@@ -141,6 +142,27 @@ enum Cmd {
         #[arg(long, default_value = "l", value_parser = Consistency::parse)]
         consistency: Consistency,
     },
+    /// Watchers on one prefix, then puts at --rate through one client;
+    /// latency from before each put is sent to each watcher's event.
+    /// --total 0: only open the watchers and hold them --hold (idle test).
+    WatchLatency {
+        /// Watchers, spread over the connections.
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        /// Key prefix watched and written.
+        #[arg(long, default_value = "watch-bench/")]
+        key_prefix: String,
+        /// With --total 0: how long to hold the idle watchers.
+        #[arg(long, value_parser = duration::parse, default_value = "5s")]
+        hold: Duration,
+    },
+    /// Grant --leases leases (TTL 60), then keep-alives at --rate in all
+    /// over one keep-alive stream per lease; latency send -> response.
+    LeaseKeepalive {
+        /// Leases, spread over the connections.
+        #[arg(long, default_value_t = 100)]
+        leases: usize,
+    },
 }
 
 fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
@@ -173,7 +195,7 @@ fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
         return Err("--max-error-ratio must be between 0 and 1".into());
     }
     let total = c.total.unwrap_or(if c.smoke { 20 } else { 10_000 });
-    if total == 0 {
+    if total == 0 && !matches!(cli.cmd, Cmd::WatchLatency { .. }) {
         return Err("--total must be at least 1".into());
     }
     let clients = if c.smoke && c.clients == 1 {
@@ -229,6 +251,26 @@ fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
             val_size: k.val_size,
             read: *consistency,
         },
+        Cmd::WatchLatency {
+            watchers,
+            key_prefix,
+            hold,
+        } => {
+            if *watchers == 0 {
+                return Err("--watchers must be at least 1".into());
+            }
+            Workload::WatchLatency {
+                watchers: *watchers,
+                prefix: key_prefix.clone(),
+                hold_s: hold.as_secs_f64(),
+            }
+        }
+        Cmd::LeaseKeepalive { leases } => {
+            if *leases == 0 {
+                return Err("--leases must be at least 1".into());
+            }
+            Workload::LeaseKeepalive { leases: *leases }
+        }
     };
     let opts = RunOptions {
         endpoints,
@@ -265,8 +307,34 @@ fn main() -> ExitCode {
         }
     };
     let workload = Arc::new(workload);
-    let result = rt.block_on(run(&opts, workload.clone()));
-    let report = Report::new(&workload, &opts, result, max_error_ratio);
+    let (result, report_opts) = match &*workload {
+        Workload::WatchLatency {
+            watchers,
+            prefix,
+            hold_s,
+        } => {
+            let r = rt.block_on(streams::watch_latency(
+                &opts,
+                *watchers,
+                prefix,
+                Duration::from_secs_f64(*hold_s),
+            ));
+            // Counted per (watcher, event) pair, or per watcher when idle.
+            let mut o = opts.clone();
+            o.total = if opts.total == 0 {
+                *watchers as u64
+            } else {
+                opts.total * *watchers as u64
+            };
+            (r, o)
+        }
+        Workload::LeaseKeepalive { leases } => (
+            rt.block_on(streams::lease_keepalive(&opts, *leases)),
+            opts.clone(),
+        ),
+        _ => (rt.block_on(run(&opts, workload.clone())), opts.clone()),
+    };
+    let report = Report::new(&workload, &report_opts, result, max_error_ratio);
     // The runtime may hold connections still trying to reach a dead
     // endpoint: do not wait for them.
     rt.shutdown_timeout(Duration::from_millis(100));
