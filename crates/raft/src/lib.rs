@@ -22,6 +22,7 @@ mod network;
 mod node;
 mod peer_service;
 mod state_machine;
+mod transfer;
 mod types;
 
 pub use log_store::LogStore;

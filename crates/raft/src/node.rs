@@ -85,6 +85,14 @@ pub enum NodeError {
 /// The answer to a proposal: the engine's result and the log index.
 pub type WriteResult = Result<(Result<CommandResponse, ballast_mvcc::Error>, u64), NodeError>;
 
+/// How forwarding a proposal to the leader failed.
+enum Forwarded {
+    /// The leader refused before appending it: it no longer leads.
+    NotAppended,
+    /// Anything else (the outcome may be unknown).
+    Failed(NodeError),
+}
+
 struct Proposal {
     command: Command,
     reply: oneshot::Sender<WriteResult>,
@@ -114,8 +122,13 @@ fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>
     }
 }
 
+/// Held (shared) by every proposal and leader read round while it talks to
+/// the followers; a leadership transfer holds it exclusively so the log and
+/// the followers' leader leases go quiet (see `transfer.rs`).
+pub(crate) type QuietGate = Arc<tokio::sync::RwLock<()>>;
+
 /// Gathers proposals into log entries.
-async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
+async fn batch_proposals(raft: Raft, gate: QuietGate, mut rx: mpsc::Receiver<Proposal>) {
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_ENTRIES));
     while let Some(first) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -129,10 +142,14 @@ async fn batch_proposals(raft: Raft, mut rx: mpsc::Receiver<Proposal>) {
             }
         }
         let raft = raft.clone();
+        let gate = gate.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
-            match raft.client_write(Request { commands }).await {
+            let pass = gate.read().await;
+            let written = raft.client_write(Request { commands }).await;
+            drop(pass);
+            match written {
                 Ok(resp) => {
                     let index = resp.log_id.index;
                     let mut results = resp.data.results.into_iter();
@@ -243,6 +260,8 @@ pub struct RaftNode {
     leader_clients: Mutex<HashMap<NodeId, RaftPeerClient<Channel>>>,
     proposals: mpsc::Sender<Proposal>,
     read_rounds: mpsc::Sender<ReadWaiter>,
+    /// Proposals and leader reads pass it; MoveLeader closes it.
+    pub(crate) quiet: QuietGate,
     /// The leader's lease deadlines (`lease.rs`).
     pub(crate) lessor: crate::lease::Lessor,
 }
@@ -276,12 +295,14 @@ impl RaftNode {
         )
         .await
         .map_err(|e| format!("cannot start raft: {e}"))?;
+        let quiet = QuietGate::default();
         let (proposals, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(batch_proposals(raft.clone(), rx));
+        tokio::spawn(batch_proposals(raft.clone(), quiet.clone(), rx));
         let (read_rounds, read_rx) = mpsc::channel(4 * MAX_BATCH);
         let node = Arc::new(RaftNode {
             proposals,
             read_rounds,
+            quiet,
             raft,
             id: cfg.id,
             cluster_id: cfg.cluster_id,
@@ -327,43 +348,83 @@ impl RaftNode {
 
     /// Proposes `command` through the leader (here, or forwarded to it) and
     /// returns the engine's answer and the log index it was applied at,
-    /// once this member has applied it too.
+    /// once this member has applied it too. A leader that refuses because
+    /// it just lost leadership (nothing appended, e.g. after MoveLeader)
+    /// is followed to its successor once.
     pub async fn propose(&self, command: Command) -> WriteResult {
-        match self.write_local(command.clone()).await {
-            Err(NodeError::NotLeader {
-                leader: Some((id, node)),
-            }) if id != self.id => {
-                let mut client = self.peer_client(id, &node)?;
-                let mut req = tonic::Request::new(ProposeRequest {
-                    cluster_id: self.cluster_id,
-                    command: command.encode_to_vec(),
-                });
-                req.set_timeout(Duration::from_secs(10));
-                let resp = client.propose(req).await.map_err(|s| match s.code() {
-                    tonic::Code::Unavailable if s.message().contains("no leader") => {
-                        NodeError::NoLeader
-                    }
-                    // The leader's own answer.
-                    _ if s.message().starts_with("etcdserver:") => {
-                        NodeError::Unavailable(s.message().to_string())
-                    }
-                    // The leader could not be reached (or the connection
-                    // broke): etcd's client sees the leader as changed.
-                    _ => {
-                        tracing::debug!(status = %s, "forwarding to the leader failed");
-                        NodeError::Unavailable("etcdserver: leader changed".into())
-                    }
-                })?;
-                let resp = resp.into_inner();
-                let result = resp
-                    .result
-                    .ok_or_else(|| NodeError::Unavailable("empty answer from the leader".into()))
-                    .and_then(|r| from_proto(r).map_err(NodeError::Unavailable))?;
-                self.wait_applied(resp.index).await?;
-                Ok((result, resp.index))
+        let mut tried = None;
+        for attempt in 0..2 {
+            let (id, node) = match self.write_local(command.clone()).await {
+                Err(NodeError::NotLeader {
+                    leader: Some((id, node)),
+                }) if id != self.id => (id, node),
+                other => return other,
+            };
+            if tried == Some(id) {
+                return Err(NodeError::Unavailable("etcdserver: leader changed".into()));
             }
-            other => other,
+            tried = Some(id);
+            match self.forward(id, &node, &command).await {
+                Err(Forwarded::NotAppended) if attempt == 0 => {
+                    // Wait (briefly) to learn the leader's successor.
+                    let mut m = self.raft.metrics();
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(self.raft.config().election_timeout_max),
+                        m.wait_for(|m| m.current_leader.is_some_and(|l| l != id)),
+                    )
+                    .await;
+                }
+                Err(Forwarded::NotAppended) => {
+                    return Err(NodeError::Unavailable("etcdserver: leader changed".into()))
+                }
+                Err(Forwarded::Failed(e)) => return Err(e),
+                Ok(done) => return Ok(done),
+            }
         }
+        Err(NodeError::Unavailable("etcdserver: leader changed".into()))
+    }
+
+    /// Sends `command` to leader `id` and waits to apply its entry here.
+    async fn forward(
+        &self,
+        id: NodeId,
+        node: &MemberNode,
+        command: &Command,
+    ) -> Result<(Result<CommandResponse, ballast_mvcc::Error>, u64), Forwarded> {
+        let mut client = self.peer_client(id, node).map_err(Forwarded::Failed)?;
+        let mut req = tonic::Request::new(ProposeRequest {
+            cluster_id: self.cluster_id,
+            command: command.encode_to_vec(),
+        });
+        req.set_timeout(Duration::from_secs(10));
+        let resp = client.propose(req).await.map_err(|s| match s.code() {
+            _ if s.metadata().contains_key(crate::peer_service::NOT_APPENDED) => {
+                Forwarded::NotAppended
+            }
+            tonic::Code::Unavailable if s.message().contains("no leader") => {
+                Forwarded::Failed(NodeError::NoLeader)
+            }
+            // The leader's own answer.
+            _ if s.message().starts_with("etcdserver:") => {
+                Forwarded::Failed(NodeError::Unavailable(s.message().to_string()))
+            }
+            // The leader could not be reached (or the connection broke):
+            // etcd's client sees the leader as changed.
+            _ => {
+                tracing::debug!(status = %s, "forwarding to the leader failed");
+                Forwarded::Failed(NodeError::Unavailable("etcdserver: leader changed".into()))
+            }
+        })?;
+        let resp = resp.into_inner();
+        let result = resp
+            .result
+            .ok_or_else(|| NodeError::Unavailable("empty answer from the leader".into()))
+            .and_then(|r| from_proto(r).map_err(NodeError::Unavailable))
+            .map_err(Forwarded::Failed)?;
+        self.wait_applied(resp.index)
+            .await
+            .map_err(Forwarded::Failed)?;
+        Ok((result, resp.index))
     }
 
     /// Waits until this member has applied log index `index`.
@@ -485,7 +546,10 @@ impl RaftNode {
     /// quorum and returns its commit index (asked of the leader when this
     /// member follows).
     async fn read_index_once(&self) -> Result<u64, NodeError> {
-        match self.raft.get_read_log_id().await {
+        let pass = self.quiet.read().await;
+        let read = self.raft.get_read_log_id().await;
+        drop(pass);
+        match read {
             Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(_)) => self.remote_read_index().await,
             Err(RaftError::Fatal(e)) => Err(NodeError::Unavailable(e.to_string())),

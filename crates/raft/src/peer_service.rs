@@ -8,7 +8,7 @@ use ballast_proto::ballastpb::raft_peer_server::RaftPeer;
 use ballast_proto::ballastpb::{
     ChangeMembersRequest, ChangeMembersResponse, ClusterInfoRequest, ClusterInfoResponse,
     LeaseForwardRequest, LeaseForwardResponse, ProposeRequest, ProposeResponse, RaftMessage,
-    ReadIndexRequest, ReadIndexResponse,
+    ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
@@ -78,6 +78,10 @@ impl PeerService {
     }
 }
 
+/// Metadata on a forwarded proposal's refusal: the command was not
+/// appended to the log, so it may be sent to another leader.
+pub(crate) const NOT_APPENDED: &str = "ballast-not-appended";
+
 fn bad_payload(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("undecodable peer message: {e}"))
 }
@@ -128,7 +132,10 @@ impl RaftPeer for PeerService {
         request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         self.check(request.into_inner().cluster_id)?;
-        match self.node.raft.get_read_log_id().await {
+        let pass = self.node.quiet.read().await;
+        let read = self.node.raft.get_read_log_id().await;
+        drop(pass);
+        match read {
             Ok((read_log_id, _applied)) => Ok(Response::new(ReadIndexResponse {
                 read_index: read_log_id.map(|l| l.index).unwrap_or(0),
             })),
@@ -144,12 +151,37 @@ impl RaftPeer for PeerService {
         self.check(req.cluster_id)?;
         let command = ballast_proto::ballastpb::Command::decode(req.command.as_slice())
             .map_err(bad_payload)?;
-        // A forwarded proposal is not forwarded again.
-        let (result, index) = self.node.write_local(command).await.map_err(node_status)?;
+        // A forwarded proposal is not forwarded again. A refusal because
+        // this member no longer leads (nothing was appended) is marked, so
+        // the forwarding member may try the new leader.
+        let (result, index) = self.node.write_local(command).await.map_err(|e| {
+            let refused = matches!(e, NodeError::NotLeader { .. });
+            let mut status = node_status(e);
+            if refused {
+                status.metadata_mut().insert(
+                    NOT_APPENDED,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+            }
+            status
+        })?;
         Ok(Response::new(ProposeResponse {
             result: Some(to_proto(&result)),
             index,
         }))
+    }
+
+    async fn timeout_now(
+        &self,
+        request: Request<TimeoutNowRequest>,
+    ) -> Result<Response<TimeoutNowResponse>, Status> {
+        let req = request.into_inner();
+        self.check(req.cluster_id)?;
+        self.node
+            .campaign_for(req.leader_id)
+            .await
+            .map_err(node_status)?;
+        Ok(Response::new(TimeoutNowResponse {}))
     }
 
     async fn change_members(

@@ -11,6 +11,7 @@
 //! [`restore`] makes a data directory from a snapshot file.
 #![deny(missing_docs)]
 
+pub mod authority_rewrite;
 pub mod bootstrap;
 pub mod cluster_service;
 pub mod config;

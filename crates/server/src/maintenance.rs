@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status};
 use crate::errors::EtcdError;
 use crate::kv::HeaderInfo;
 use crate::proposer::Proposer;
+use ballast_raft::NodeError;
 
 /// Size of the `blob` of each snapshot message, as etcd's
 /// `snapshotSendBufferSize`.
@@ -307,14 +308,13 @@ impl Maintenance for MaintenanceService {
         {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
-        if node.leader_id() != Some(node.id()) {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
-        }
-        if target != node.id() {
-            // openraft 0.9 has no leadership transfer.
-            return Err(Status::unimplemented(
-                "etcdserver: moving leadership to another member is not supported yet",
-            ));
+        match node.transfer_leadership(target).await {
+            Ok(()) => {}
+            Err(NodeError::NotLeader { .. } | NodeError::NoLeader) => {
+                return Err(Status::failed_precondition("etcdserver: not leader"))
+            }
+            Err(NodeError::Rejected(_)) => return Err(EtcdError::BadLeaderTransferee.into()),
+            Err(NodeError::Unavailable(m)) => return Err(Status::unavailable(m)),
         }
         Ok(Response::new(MoveLeaderResponse {
             header: self.header(),

@@ -16,11 +16,13 @@ use ballast_raft::RaftNode;
 use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
+use crate::authority_rewrite::AuthorityRewrite;
 use crate::cluster_service::ClusterService;
 use crate::config::{listen_addrs, split_urls, MemberConfig, GRPC_OVERHEAD_BYTES};
 use crate::errors::EtcdError;
@@ -173,7 +175,11 @@ pub async fn run(cfg: MemberConfig, shutdown: impl Future<Output = ()>) -> anyho
     let mut servers = Vec::new();
     for listener in listeners {
         let local = listener.local_addr()?;
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // etcd 3.4 clients may send `:authority` as a URL (see
+        // `authority_rewrite.rs`).
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(AuthorityRewrite::new));
         let mut stop = stop_rx.clone();
         let grpc = Routes::new(InterceptedService::new(
             KvServer::from_arc(kv.clone())
