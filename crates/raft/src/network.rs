@@ -17,10 +17,35 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
-use crate::types::{MemberNode, NodeId, TypeConfig};
+use crate::types::{Entry, MemberNode, NodeId, TypeConfig};
 
 /// Largest peer message accepted (snapshot chunks and entry batches).
 pub const MAX_PEER_MESSAGE: usize = 64 << 20;
+
+/// Largest sum of entry sizes sent in one AppendEntries message; more
+/// entries go in further messages (an entry larger than this goes alone).
+pub const APPEND_PIECE_BYTES: u64 = 8 << 20;
+
+/// Splits `entries` into runs of at most `limit` encoded bytes (an entry
+/// larger than `limit` makes a run of its own).
+fn split_entries(entries: Vec<Entry>, limit: u64) -> Vec<Vec<Entry>> {
+    let mut pieces = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0u64;
+    for e in entries {
+        let n = bincode::serialized_size(&e).unwrap_or(limit);
+        if !current.is_empty() && size + n > limit {
+            pieces.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += n;
+        current.push(e);
+    }
+    if !current.is_empty() || pieces.is_empty() {
+        pieces.push(current);
+    }
+    pieces
+}
 
 /// Creates connections to peers.
 #[derive(Clone)]
@@ -142,7 +167,41 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>>
     {
-        self.call("append", &rpc, &option).await
+        // Entries can be large (values up to --max-request-bytes, many
+        // commands per entry): send at most `APPEND_PIECE_BYTES` per message,
+        // each piece a valid AppendEntries continuing the previous one.
+        let pieces = split_entries(rpc.entries, APPEND_PIECE_BYTES);
+        if pieces.len() <= 1 {
+            let entries = pieces.into_iter().next().unwrap_or_default();
+            let rpc = AppendEntriesRequest { entries, ..rpc };
+            return self.call("append", &rpc, &option).await;
+        }
+        let mut prev_log_id = rpc.prev_log_id;
+        let mut accepted = None;
+        for entries in pieces {
+            let last = entries.last().map(|e| e.log_id);
+            let piece = AppendEntriesRequest::<TypeConfig> {
+                vote: rpc.vote,
+                prev_log_id,
+                leader_commit: rpc.leader_commit,
+                entries,
+            };
+            match self.call("append", &piece, &option).await {
+                Ok(AppendEntriesResponse::Success) => {
+                    prev_log_id = last;
+                    accepted = last;
+                }
+                Ok(AppendEntriesResponse::HigherVote(v)) => {
+                    return Ok(AppendEntriesResponse::HigherVote(v));
+                }
+                // A later piece failed: report what the earlier ones placed.
+                _ if accepted.is_some() => {
+                    return Ok(AppendEntriesResponse::PartialSuccess(accepted));
+                }
+                other => return other,
+            }
+        }
+        Ok(AppendEntriesResponse::Success)
     }
 
     async fn install_snapshot(
@@ -162,5 +221,50 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ballast_proto::ballastpb::Command;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(index: u64, bytes: usize) -> Entry {
+        let command = Command {
+            op: Some(ballast_proto::ballastpb::command::Op::Put(
+                ballast_proto::etcdserverpb::PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![7; bytes],
+                    ..Default::default()
+                },
+            )),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(crate::types::Request {
+                commands: vec![command],
+            }),
+        }
+    }
+
+    #[test]
+    fn entries_are_split_by_size_in_order() {
+        let entries: Vec<Entry> = (1..=10).map(|i| entry(i, 1000)).collect();
+        let pieces = split_entries(entries, 3500);
+        let indexes: Vec<Vec<u64>> = pieces
+            .iter()
+            .map(|p| p.iter().map(|e| e.log_id.index).collect())
+            .collect();
+        assert_eq!(
+            indexes,
+            vec![vec![1, 2, 3], vec![4, 5, 6], vec![7, 8, 9], vec![10]]
+        );
+
+        // An entry over the limit goes alone; nothing is lost or reordered.
+        let entries = vec![entry(1, 10), entry(2, 10_000), entry(3, 10)];
+        let pieces = split_entries(entries, 3500);
+        assert_eq!(pieces.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(split_entries(Vec::new(), 10).len(), 1);
     }
 }

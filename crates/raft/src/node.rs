@@ -106,6 +106,10 @@ struct Proposal {
 const MAX_INFLIGHT_ENTRIES: usize = 2;
 /// Most commands gathered into one entry.
 const MAX_BATCH: usize = 1024;
+/// An entry stops gathering commands once they add up to this many bytes,
+/// so entries (and the messages carrying them) stay small next to the peer
+/// message limit even with large values.
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> NodeError {
     match e {
@@ -134,10 +138,14 @@ async fn batch_proposals(raft: Raft, gate: QuietGate, mut rx: mpsc::Receiver<Pro
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.command.encoded_len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH.min(MAX_COMMANDS_PER_ENTRY) {
+        while batch.len() < MAX_BATCH.min(MAX_COMMANDS_PER_ENTRY) && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.command.encoded_len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -214,7 +222,10 @@ async fn break_split_votes(node: std::sync::Weak<RaftNode>, election_ms: u64) {
                 .any(|v| v == n.id);
             (m.current_leader, voter)
         };
-        if leader.is_some() {
+        // A member receiving entries or a snapshot (a restarted member
+        // catching up may not know the leader until the install ends) has
+        // a leader, and campaigning would only disrupt it.
+        if leader.is_some() || n.leader_contact_within(Duration::from_millis(max_ms)) {
             last_seen = std::time::Instant::now();
             continue;
         }
@@ -262,6 +273,11 @@ pub struct RaftNode {
     read_rounds: mpsc::Sender<ReadWaiter>,
     /// Proposals and leader reads pass it; MoveLeader closes it.
     pub(crate) quiet: QuietGate,
+    /// When `started` was, and when a leader's AppendEntries or
+    /// InstallSnapshot last arrived (milliseconds after `started`, plus one;
+    /// 0: never).
+    started: std::time::Instant,
+    leader_contact: std::sync::atomic::AtomicU64,
     /// The leader's lease deadlines (`lease.rs`).
     pub(crate) lessor: crate::lease::Lessor,
 }
@@ -303,6 +319,8 @@ impl RaftNode {
             proposals,
             read_rounds,
             quiet,
+            started: std::time::Instant::now(),
+            leader_contact: Default::default(),
             raft,
             id: cfg.id,
             cluster_id: cfg.cluster_id,
@@ -314,6 +332,23 @@ impl RaftNode {
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), read_rx));
         tokio::spawn(break_split_votes(Arc::downgrade(&node), election_ms));
         Ok(node)
+    }
+
+    /// Records that a leader's AppendEntries or InstallSnapshot arrived.
+    pub(crate) fn note_leader_contact(&self) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.leader_contact
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a leader's AppendEntries or InstallSnapshot arrived within
+    /// `window`.
+    fn leader_contact_within(&self, window: Duration) -> bool {
+        let last = self
+            .leader_contact
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        last != 0 && now.saturating_sub(last) <= window.as_millis() as u64
     }
 
     /// The gRPC service to serve on the peer URLs.

@@ -106,6 +106,7 @@ impl RaftPeer for PeerService {
         self.check(msg.cluster_id)?;
         let req: AppendEntriesRequest<TypeConfig> =
             bincode::deserialize(&msg.payload).map_err(bad_payload)?;
+        self.node.note_leader_contact();
         Self::reply(&self.node.raft.append_entries(req).await)
     }
 
@@ -124,6 +125,7 @@ impl RaftPeer for PeerService {
         self.check(msg.cluster_id)?;
         let req: InstallSnapshotRequest<TypeConfig> =
             bincode::deserialize(&msg.payload).map_err(bad_payload)?;
+        self.node.note_leader_contact();
         Self::reply(&self.node.raft.install_snapshot(req).await)
     }
 
