@@ -3,7 +3,8 @@
 //! history while the leader is SIGKILLed; a lease kept alive through a
 //! follower survives, and a lease left without keepalives is revoked by the
 //! new leader after its full TTL (counted from the new leader), with the
-//! DELETE seen by a watcher.
+//! DELETE seen by a watcher. `etcdctl elect` through three members keeps
+//! one leader when the holder crashes, until its session lease expires.
 //!
 //! Every wait polls a condition against a deadline; every request carries a
 //! timeout; every process is stopped by `Drop` (see `ballast_e2e::cluster`).
@@ -17,7 +18,9 @@ use ballast_e2e::cluster::{
     connect_many, connect_one, timed, wait_until, Cluster, ClusterOpts, Writers, CLIENT_TIMEOUT,
     CLUSTER_TIMEOUT, POLL_INTERVAL,
 };
-use ballast_e2e::etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use ballast_e2e::etcd_client::{
+    Client, EventType, GetOptions, PutOptions, SortOrder, SortTarget, WatchOptions,
+};
 use ballast_e2e::Target;
 
 /// How long the survivors may take to elect a new leader (see
@@ -475,5 +478,247 @@ async fn leases_through_a_follower_across_leader_kill() {
     );
     stop.store(true, Ordering::Relaxed);
     keeper.abort();
+    eprintln!("test took {:?}", t0.elapsed());
+}
+
+/// A long-running `etcdctl` (e.g. `elect`) whose output is collected as it
+/// comes; SIGKILLed and reaped on drop.
+struct Etcdctl {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Etcdctl {
+    fn spawn(endpoint: &str, args: &[&str]) -> Etcdctl {
+        let mut cmd = std::process::Command::new(ballast_e2e::etcdctl_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ETCD_") || k.starts_with("ETCDCTL_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .arg("--dial-timeout=3s")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        fn collect(mut r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            });
+            buf
+        }
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Etcdctl {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The values `elect` printed (it prints the leader's key, then its
+    /// value, each time one is elected or observed).
+    fn values(&self) -> Vec<String> {
+        let out = self.stdout();
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| c[1].to_string())
+            .collect()
+    }
+
+    /// The leader key it printed first (`NAME/<lease ID in hex>`).
+    fn first_key(&self) -> Option<String> {
+        self.stdout().lines().next().map(str::to_string)
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+
+    /// Waits until `f` holds for its output.
+    async fn wait_output(&self, what: &str, timeout: Duration, f: impl Fn(&Etcdctl) -> bool) {
+        wait_until(what, timeout, || async {
+            if f(self) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "stdout {:?}, stderr {:?}",
+                    self.stdout(),
+                    self.stderr.lock().unwrap()
+                ))
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Etcdctl {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The values of the election's keys, oldest first.
+async fn election_values(c: &Client) -> Result<Vec<String>, String> {
+    let r = timed(
+        CLIENT_TIMEOUT,
+        c.clone().get(
+            "el/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Ascend),
+            ),
+        ),
+    )
+    .await?;
+    Ok(r.kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+        .collect())
+}
+
+/// The lease ID in an election key `NAME/<hex ID>`.
+fn lease_of(key: &str) -> i64 {
+    let hex = key.rsplit('/').next().expect("a key");
+    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("lease in {key:?}: {e}")) as i64
+}
+
+/// `etcdctl elect` across members: A wins through member 1, B waits
+/// through member 2, an observer on member 3 sees A. A is SIGKILLed (the
+/// holder crashes without resigning): B is elected only once A's session
+/// lease has expired. etcdctl 3.4's `elect` has no TTL flag: its session
+/// lease is 60 s, renewed every 20 s, so this takes 40-60 s. Then C waits
+/// through member 3 and B is interrupted: it resigns and C is elected at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_across_members_survives_a_crashed_leader() {
+    let t0 = Instant::now();
+    let cluster = Cluster::start(ClusterOpts::size(3)).await;
+    let ep: Vec<String> = cluster.endpoints(&cluster.all());
+    let c = cluster.member(2).connect(false).await;
+
+    let a = Etcdctl::spawn(&ep[0], &["elect", "el", "valA"]);
+    a.wait_output("A is elected", WORK, |p| p.values() == ["valA"])
+        .await;
+    let a_key = a.first_key().expect("A's key");
+    let a_lease = lease_of(&a_key);
+    let b = Etcdctl::spawn(&ep[1], &["elect", "el", "valB"]);
+    let observer = Etcdctl::spawn(&ep[2], &["elect", "-l", "el"]);
+    observer
+        .wait_output("the observer sees A", WORK, |p| p.values() == ["valA"])
+        .await;
+    // B has put its key and waits behind A's.
+    wait_until("B's key exists", WORK, || async {
+        let v = election_values(&c).await?;
+        if v.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("values {v:?}"))
+        }
+    })
+    .await;
+    assert!(
+        b.stdout().is_empty(),
+        "B elected beside A: {:?}",
+        b.stdout()
+    );
+    let ttl = timed(CLIENT_TIMEOUT, c.clone().lease_time_to_live(a_lease, None))
+        .await
+        .expect("A's lease");
+    assert_eq!(ttl.granted_ttl(), 60, "etcdctl's session TTL");
+
+    // A crashes: its key stays until its lease expires.
+    a.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    wait_until(
+        "B is elected after A's lease expired",
+        Duration::from_secs(75),
+        || async {
+            // Look at B first: if it is elected while A's lease is still
+            // alive afterwards, the lock was broken.
+            let elected = b.values() == ["valB"];
+            let ttl = timed(CLIENT_TIMEOUT, c.clone().lease_time_to_live(a_lease, None))
+                .await?
+                .ttl();
+            assert!(
+                !(elected && ttl > 0),
+                "B elected while A's lease has {ttl} s left"
+            );
+            if elected {
+                Ok(())
+            } else {
+                Err(format!("A's lease: {ttl} s left; B: {:?}", b.stdout()))
+            }
+        },
+    )
+    .await;
+    let after = killed.elapsed();
+    eprintln!("B elected {after:?} after A was killed");
+    // The lease ran its course: renewed at most 20 s before the kill.
+    assert!(
+        after >= Duration::from_secs(35),
+        "A's lease expired early: {after:?}"
+    );
+    observer
+        .wait_output("the observer sees B", WORK, |p| {
+            p.values() == ["valA", "valB"]
+        })
+        .await;
+    assert_eq!(
+        election_values(&c).await.expect("get"),
+        ["valB"],
+        "A's key is gone"
+    );
+
+    // A graceful hand-over: B resigns on SIGINT, C (waiting) takes over.
+    let c3 = Etcdctl::spawn(&ep[2], &["elect", "el", "valC"]);
+    wait_until("C's key exists", WORK, || async {
+        let v = election_values(&c).await?;
+        if v.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("values {v:?}"))
+        }
+    })
+    .await;
+    assert!(c3.stdout().is_empty(), "C elected beside B");
+    b.signal(libc::SIGINT);
+    let resigned = Instant::now();
+    c3.wait_output("C is elected", WORK, |p| p.values() == ["valC"])
+        .await;
+    eprintln!("C elected {:?} after B resigned", resigned.elapsed());
+    observer
+        .wait_output("the observer sees C", WORK, |p| {
+            p.values() == ["valA", "valB", "valC"]
+        })
+        .await;
     eprintln!("test took {:?}", t0.elapsed());
 }

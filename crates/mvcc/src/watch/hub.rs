@@ -27,7 +27,11 @@
 //!   exactly the compaction point, the revision's tombstones are already
 //!   gone from disk, so the hub captures the whole revision when the
 //!   compaction is applied (etcd bug #18089 lost those DELETE events); if
-//!   it has no capture (after a restart), the watcher is canceled too.
+//!   it has no capture (after a restart), the watcher is canceled too. The
+//!   cancel's `compact_revision` is the first revision the hub can serve:
+//!   the compaction point if captured, else the one after it, so that a
+//!   client resuming from `compact_revision` (as etcd advises) is not
+//!   canceled again and again.
 //! - A snapshot install replaces history: every watcher becomes unsynced
 //!   at its `next_rev`, the cache is emptied, and the syncer catches them
 //!   up (or cancels them) against the new content.
@@ -671,8 +675,12 @@ impl HubState {
         Some(w)
     }
 
+    /// Cancels a watcher that needs compacted history, with the first
+    /// revision it can resume from (see the module documentation).
     fn cancel_compacted(&mut self, gid: u64) {
-        self.remove_watcher(gid, Some(self.compact_rev));
+        let c = self.compact_rev;
+        let captured = self.at_compact.as_ref().is_some_and(|a| a.rev == c);
+        self.remove_watcher(gid, Some(if captured { c } else { c + 1 }));
     }
 
     /// Answers the stream's pending progress request once all its

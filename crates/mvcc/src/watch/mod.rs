@@ -118,10 +118,12 @@ pub enum MessageKind {
     /// The watcher exists now; its events follow.
     Created,
     /// The watcher is gone: canceled by the client (`compact_revision` 0),
-    /// or because the history it needs was compacted (`compact_revision` is
-    /// the compaction point, etcd's `ErrCompacted`).
+    /// or because the history it needs was compacted (etcd's
+    /// `ErrCompacted`; `compact_revision` is the first revision a watch can
+    /// start from: the compaction point, or the one after it when the hub
+    /// no longer holds the compaction point's events).
     Canceled {
-        /// The compaction point, or 0.
+        /// The first revision a watch can start from, or 0.
         compact_revision: i64,
     },
     /// Events in revision order; those of one revision are never split

@@ -635,16 +635,93 @@ fn at_the_compaction_point_after_a_restart_is_compacted() {
     let st = hub.stream();
     st.watch(opts("a", "", 3)).unwrap();
     assert_eq!(next(&st).kind, MessageKind::Created);
-    // The deletion at 3 is gone from disk and the hub has no copy.
+    // The deletion at 3 is gone from disk and the hub has no copy: the
+    // cancel names 4, the first revision it can serve (naming 3 made a
+    // client that resumes from `compact_revision` loop forever).
     assert_eq!(
         next(&st).kind,
         MessageKind::Canceled {
-            compact_revision: 3
+            compact_revision: 4
+        }
+    );
+    // From below the compaction point: the same.
+    st.watch(opts("a", "", 2)).unwrap();
+    assert_eq!(next(&st).kind, MessageKind::Created);
+    assert_eq!(
+        next(&st).kind,
+        MessageKind::Canceled {
+            compact_revision: 4
         }
     );
     st.watch(opts("a", "", 4)).unwrap();
     assert_eq!(next(&st).kind, MessageKind::Created);
     assert!(st.recv_timeout(Duration::from_millis(300)).is_none());
+}
+
+/// A client that resumes from `compact_revision`, as etcd advises, gets
+/// every later event, before and after a restart of the store.
+#[test]
+fn resuming_from_compact_revision_makes_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    for (restarted, index) in [(false, 0), (true, 10)] {
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        // The hub exists when the compaction is applied, as in a member.
+        let hub = store.watch_hub();
+        let base = store.current_revision();
+        store
+            .apply(&[
+                (index + 1, put_cmd("k", "1")),
+                (index + 2, del_cmd("k", "")),
+                (index + 3, put_cmd("k", "2")),
+            ])
+            .unwrap(); // base+1 ..= base+3
+        let compact = base + 2;
+        store.apply(&[(index + 4, compact_cmd(compact))]).unwrap();
+        store.wait_compacted(compact);
+        let (_store, hub) = if restarted {
+            drop((hub, store));
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let hub = store.watch_hub();
+            (store, hub)
+        } else {
+            (store, hub)
+        };
+        let st = hub.stream();
+        let mut from = 1;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            st.watch(opts("k", "", from)).unwrap();
+            assert_eq!(next(&st).kind, MessageKind::Created);
+            match next(&st).kind {
+                MessageKind::Canceled { compact_revision } => {
+                    assert!(
+                        compact_revision > from,
+                        "restarted {restarted}: from {from}, canceled at {compact_revision}"
+                    );
+                    from = compact_revision;
+                }
+                MessageKind::Events(evs) => {
+                    // The rest may come in further messages.
+                    got.extend(evs.iter().map(ev_of));
+                    let (rest, _) = drain_until(&st, base + 3);
+                    got.extend(rest.into_values().flatten());
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let put2 = (EventType::Put, "k".to_string(), "2".to_string(), base + 3);
+        let want = if restarted {
+            // The deletion at the compaction point is gone from disk.
+            vec![put2]
+        } else {
+            vec![
+                (EventType::Delete, "k".to_string(), String::new(), base + 2),
+                put2,
+            ]
+        };
+        assert_eq!(got, want, "restarted {restarted}");
+    }
 }
 
 #[test]
@@ -781,7 +858,9 @@ fn install_snapshot_resyncs_every_watcher() {
     assert_eq!(got[&1], a.expected("k1", "", 12));
     assert_eq!(got[&2], a.expected("k", "\0", 33));
     // The lagging one is behind the new compaction point: after the event
-    // it had queued, it is canceled.
+    // it had queued, it is canceled. The hub holds no copy of the
+    // compaction point's events (they came with the image), so it can serve
+    // from the next revision on.
     assert_eq!(next(&lagging).kind, MessageKind::Created);
     let m = next(&lagging);
     let MessageKind::Events(evs) = &m.kind else {
@@ -794,7 +873,7 @@ fn install_snapshot_resyncs_every_watcher() {
     assert_eq!(
         next(&lagging).kind,
         MessageKind::Canceled {
-            compact_revision: 11
+            compact_revision: 12
         }
     );
 }
