@@ -222,5 +222,8 @@ impl RaftNode {
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
+    if crate::faults().early_lease_expiry {
+        return Duration::from_millis(ttl.max(0) as u64 * 1000 / 3);
+    }
     Duration::from_secs(ttl.max(0) as u64)
 }

@@ -15,6 +15,7 @@
 // openraft's `StorageError` is large and is what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod faults;
 mod lease;
 mod log_store;
 mod membership;
@@ -25,6 +26,7 @@ mod state_machine;
 mod transfer;
 mod types;
 
+pub use faults::{check_faults_env, faults, Faults, FAULTS_ENV};
 pub use log_store::LogStore;
 pub use membership::{MemberInfo, MembershipChange};
 pub use network::{PeerNetwork, MAX_PEER_MESSAGE};

@@ -155,7 +155,7 @@ impl Kv for KvService {
     ) -> Result<Response<RangeResponse>, Status> {
         let req = request.into_inner();
         validate::range(&req)?;
-        if !req.serializable {
+        if !req.serializable && !ballast_raft::faults().stale_reads {
             // Linearizable: confirm leadership and catch up first (ReadIndex).
             self.proposer.read_barrier().await?;
         }

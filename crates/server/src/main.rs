@@ -127,6 +127,16 @@ fn main() {
                 etcd_api = ETCD_VERSION,
                 "starting ballast"
             );
+            match ballast_raft::check_faults_env() {
+                Ok(f) if f.any() => {
+                    tracing::warn!(faults = ?f, "DELIBERATE BUGS ARE ON ({}): this member is for testing the test harness only", ballast_raft::FAULTS_ENV);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("ballast: {e}");
+                    std::process::exit(1);
+                }
+            }
             rt.block_on(ballast_server::run(cli.member, shutdown_signal()))
         }
     };
