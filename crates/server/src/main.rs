@@ -26,6 +26,9 @@ enum Tool {
     /// Start a local three-member cluster (client ports 2379, 22379, 32379)
     /// as three processes; Ctrl-C stops it.
     Up(UpConfig),
+    /// Serve the Kubernetes-style API facade (HTTP/JSON) over an etcd v3
+    /// store: Ballast members or a real etcd.
+    Apiserver(ballast_apiserver::ApiServerConfig),
     /// Work with snapshot files saved by `etcdctl snapshot save`.
     Snapshot {
         #[command(subcommand)]
@@ -121,6 +124,7 @@ fn main() {
         .expect("tokio runtime");
     let result = match cli.command {
         Some(Tool::Up(up)) => rt.block_on(ballast_server::up::run(up, shutdown_signal())),
+        Some(Tool::Apiserver(cfg)) => rt.block_on(ballast_apiserver::serve(cfg, shutdown_signal())),
         _ => {
             tracing::info!(
                 version = env!("CARGO_PKG_VERSION"),

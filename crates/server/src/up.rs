@@ -1,6 +1,7 @@
 //! `ballast up`: a local three-member cluster on 127.0.0.1, as etcd's
 //! Procfile runs one (client ports 2379/22379/32379, peer ports
-//! 2380/22380/32380), each member its own process.
+//! 2380/22380/32380), each member its own process, and the API facade in
+//! this process (127.0.0.1:8080) in front of them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +27,14 @@ pub struct UpConfig {
     /// How long to wait for the cluster to become healthy, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+
+    /// Where the Kubernetes-style API facade listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub apiserver_listen: std::net::SocketAddr,
+
+    /// Start only the etcd members, without the API facade.
+    #[arg(long)]
+    pub no_apiserver: bool,
 }
 
 /// One member of the local cluster.
@@ -124,6 +133,12 @@ pub async fn run(
             }
         }
     }
+    if !cfg.no_apiserver && std::net::TcpListener::bind(cfg.apiserver_listen).is_err() {
+        bail!(
+            "{} is in use (the API facade's address): choose another with --apiserver-listen, or --no-apiserver",
+            cfg.apiserver_listen
+        );
+    }
     let initial_cluster = ms
         .iter()
         .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
@@ -196,6 +211,25 @@ pub async fn run(
         .map(|m| format!("127.0.0.1:{}", m.client_port))
         .collect::<Vec<_>>()
         .join(",");
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let apiserver = if cfg.no_apiserver {
+        None
+    } else {
+        let api_cfg = ballast_apiserver::ApiServerConfig::new(
+            ms.iter()
+                .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+                .collect(),
+            cfg.apiserver_listen,
+        );
+        let api = ballast_apiserver::ApiServer::bind(api_cfg)
+            .await
+            .context("cannot start the API facade")?;
+        let addr = api.local_addr()?;
+        let task = tokio::spawn(api.run(async {
+            let _ = api_stopped.await;
+        }));
+        Some((addr, task))
+    };
     println!(
         "ballast: a three-member cluster is up (data and logs in {})",
         cfg.dir.display()
@@ -208,6 +242,12 @@ pub async fn run(
     }
     println!("try:  ETCDCTL_API=3 etcdctl --endpoints={endpoints} put hello world");
     println!("      ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
+    if let Some((addr, _)) = &apiserver {
+        println!("API facade (Kubernetes-style) on http://{addr}:");
+        println!("      kubectl -s http://{addr} create namespace demo");
+        println!("      kubectl -s http://{addr} -n demo create deployment web --image=nginx");
+        println!("      kubectl -s http://{addr} get deployments -A");
+    }
     println!("Ctrl-C stops the cluster.");
 
     // A member that exits (killed in a fault test, say) is reported; the
@@ -231,6 +271,14 @@ pub async fn run(
         }
     }
     println!("ballast: stopping");
+    let _ = stop_api.send(());
+    if let Some((_, task)) = apiserver {
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(Ok(Err(e))) => println!("ballast: the API facade failed: {e:#}"),
+            Ok(_) => {}
+            Err(_) => println!("ballast: the API facade did not stop within 5 s"),
+        }
+    }
     tokio::task::spawn_blocking(move || children.stop()).await?;
     Ok(())
 }
