@@ -15,6 +15,7 @@
 // openraft's `StorageError` is large and is what its traits return.
 #![allow(clippy::result_large_err)]
 
+mod election;
 mod faults;
 mod lease;
 mod log_store;

@@ -186,7 +186,7 @@ async fn batch_proposals(raft: Raft, gate: QuietGate, mut rx: mpsc::Receiver<Pro
 type ReadWaiter = oneshot::Sender<Result<u64, NodeError>>;
 
 /// A random number of milliseconds below `bound` (no cryptographic need).
-fn jitter_ms(bound: u64) -> u64 {
+pub(crate) fn jitter_ms(bound: u64) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -196,49 +196,6 @@ fn jitter_ms(bound: u64) -> u64 {
             .unwrap_or(0),
     );
     h.finish() % bound.max(1)
-}
-
-/// openraft 0.9 draws a member's election timeout once per process, so two
-/// members can keep campaigning in lock step, splitting the vote round after
-/// round. A voter that has known no leader for more than two maximum
-/// election timeouts (plus a fresh random delay) starts an election itself,
-/// which breaks the tie.
-async fn break_split_votes(node: std::sync::Weak<RaftNode>, election_ms: u64) {
-    let max_ms = 2 * election_ms;
-    let mut last_seen = std::time::Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(
-            election_ms / 2 + jitter_ms(election_ms / 2),
-        ))
-        .await;
-        let Some(n) = node.upgrade() else { return };
-        let (leader, voter) = {
-            let m = n.raft.metrics();
-            let m = m.borrow();
-            let voter = m
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|v| v == n.id);
-            (m.current_leader, voter)
-        };
-        // A member receiving entries or a snapshot (a restarted member
-        // catching up may not know the leader until the install ends) has
-        // a leader, and campaigning would only disrupt it.
-        if leader.is_some() || n.leader_contact_within(Duration::from_millis(max_ms)) {
-            last_seen = std::time::Instant::now();
-            continue;
-        }
-        let patience = Duration::from_millis(2 * max_ms + jitter_ms(election_ms));
-        if voter && last_seen.elapsed() > patience {
-            tracing::info!(
-                "no leader for {:?}: starting an election",
-                last_seen.elapsed()
-            );
-            let _ = n.raft.trigger().elect().await;
-            last_seen = std::time::Instant::now();
-        }
-    }
 }
 
 /// Serves read barriers in rounds: every request waiting when a round
@@ -278,6 +235,8 @@ pub struct RaftNode {
     /// 0: never).
     started: std::time::Instant,
     leader_contact: std::sync::atomic::AtomicU64,
+    /// Set while this leader hands leadership over (MoveLeader).
+    pub(crate) transferring: std::sync::atomic::AtomicBool,
     /// The leader's lease deadlines (`lease.rs`).
     pub(crate) lessor: crate::lease::Lessor,
 }
@@ -292,8 +251,12 @@ impl RaftNode {
         let config = Config {
             cluster_name: format!("{:x}", cfg.cluster_id),
             heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            // openraft's own election timer is off (`election.rs` decides
+            // when to campaign); its leader lease is `election_timeout_max`:
+            // a follower refuses votes for that long after hearing from
+            // the leader.
             election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            election_timeout_max: election_ms + 1,
             install_snapshot_timeout: 10_000,
             snapshot_max_chunk_size: 4 << 20,
             max_payload_entries: 1000,
@@ -321,6 +284,7 @@ impl RaftNode {
             quiet,
             started: std::time::Instant::now(),
             leader_contact: Default::default(),
+            transferring: Default::default(),
             raft,
             id: cfg.id,
             cluster_id: cfg.cluster_id,
@@ -330,7 +294,11 @@ impl RaftNode {
             lessor: Default::default(),
         });
         tokio::spawn(read_index_rounds(Arc::downgrade(&node), read_rx));
-        tokio::spawn(break_split_votes(Arc::downgrade(&node), election_ms));
+        node.raft.runtime_config().elect(false);
+        tokio::spawn(crate::election::drive_elections(
+            Arc::downgrade(&node),
+            cfg.election_timeout,
+        ));
         Ok(node)
     }
 
@@ -341,14 +309,14 @@ impl RaftNode {
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether a leader's AppendEntries or InstallSnapshot arrived within
-    /// `window`.
-    fn leader_contact_within(&self, window: Duration) -> bool {
+    /// Time since a leader's AppendEntries or InstallSnapshot last arrived
+    /// (since the node started, if none has).
+    pub(crate) fn since_leader_contact(&self) -> Duration {
         let last = self
             .leader_contact
             .load(std::sync::atomic::Ordering::Relaxed);
         let now = self.started.elapsed().as_millis() as u64 + 1;
-        last != 0 && now.saturating_sub(last) <= window.as_millis() as u64
+        Duration::from_millis(now.saturating_sub(last.max(1)))
     }
 
     /// The gRPC service to serve on the peer URLs.
@@ -521,17 +489,24 @@ impl RaftNode {
     /// The current leader's ID, if one is known. A leader that has not
     /// heard from a quorum for an election timeout knows of no leader: etcd
     /// (CheckQuorum) steps down then, so `hasleader` requests, `/health` and
-    /// `Status` on a leader cut off from the majority say "no leader".
+    /// `Status` on a leader cut off from the majority say "no leader"; so
+    /// does a follower that has not heard from its leader for an election
+    /// timeout.
     pub fn leader_id(&self) -> Option<NodeId> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
+        let limit = self.raft.config().election_timeout_min;
         if leader == self.id {
-            let limit = self.raft.config().election_timeout_min;
             match m.millis_since_quorum_ack {
                 Some(ms) if ms <= limit => {}
                 _ => return None,
             }
+        } else if self.since_leader_contact() > Duration::from_millis(limit) {
+            // A follower that has not heard from its leader for an
+            // election timeout knows of none (etcd's follower becomes a
+            // pre-candidate then and forgets its leader).
+            return None;
         }
         Some(leader)
     }

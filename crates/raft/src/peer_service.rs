@@ -7,8 +7,9 @@ use std::time::Instant;
 use ballast_proto::ballastpb::raft_peer_server::RaftPeer;
 use ballast_proto::ballastpb::{
     ChangeMembersRequest, ChangeMembersResponse, ClusterInfoRequest, ClusterInfoResponse,
-    LeaseForwardRequest, LeaseForwardResponse, ProposeRequest, ProposeResponse, RaftMessage,
-    ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest, TimeoutNowResponse,
+    LeaseForwardRequest, LeaseForwardResponse, PreVoteRequest, PreVoteResponse, ProposeRequest,
+    ProposeResponse, RaftMessage, ReadIndexRequest, ReadIndexResponse, TimeoutNowRequest,
+    TimeoutNowResponse,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use prost::Message;
@@ -179,11 +180,26 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<TimeoutNowResponse>, Status> {
         let req = request.into_inner();
         self.check(req.cluster_id)?;
-        self.node
-            .campaign_for(req.leader_id)
-            .await
-            .map_err(node_status)?;
+        if req.campaign {
+            self.node
+                .campaign_for(req.leader_id)
+                .await
+                .map_err(node_status)?;
+        } else {
+            self.node.note_leader_contact();
+        }
         Ok(Response::new(TimeoutNowResponse {}))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteResponse>, Status> {
+        let req = request.into_inner();
+        self.check(req.cluster_id)?;
+        Ok(Response::new(PreVoteResponse {
+            granted: self.node.pre_vote_granted(req.candidate, &req.last_log_id),
+        }))
     }
 
     async fn change_members(

@@ -30,6 +30,26 @@ use crate::types::{NodeId, Raft};
 pub const TRANSFER_TIMEOUT_MESSAGE: &str =
     "etcdserver: request timed out, leader transfer took too long";
 
+/// Marks a transfer in progress (this leader refuses pre-votes) until
+/// dropped.
+struct Transferring<'a>(&'a RaftNode);
+
+impl<'a> Transferring<'a> {
+    fn new(node: &'a RaftNode) -> Self {
+        node.transferring
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Transferring(node)
+    }
+}
+
+impl Drop for Transferring<'_> {
+    fn drop(&mut self) {
+        self.0
+            .transferring
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Turns heartbeats back on when dropped, whatever way the transfer ends.
 struct HeartbeatsOff<'a>(&'a Raft);
 
@@ -79,6 +99,7 @@ impl RaftNode {
         let quiet = timeout_at(deadline, self.quiet.write())
             .await
             .map_err(|_| timed_out())?;
+        let _transferring = Transferring::new(self);
         let heartbeats = HeartbeatsOff::new(&self.raft);
         let mut metrics = self.raft.metrics();
         timeout_at(
@@ -99,10 +120,27 @@ impl RaftNode {
         tracing::info!(target = %format!("{target:x}"), "log quiet and transferee caught up; waiting out the leader lease");
         sleep(lease + heartbeat).await;
 
+        // The other voters hold off their own elections, so that the
+        // transferee is first.
+        for other in self.members() {
+            if other.is_learner || other.id == target || other.id == self.id() {
+                continue;
+            }
+            if let Ok(mut c) = self.peer_client(other.id, &other.node) {
+                let mut req = tonic::Request::new(TimeoutNowRequest {
+                    cluster_id: self.cluster_id(),
+                    leader_id: self.id(),
+                    campaign: false,
+                });
+                req.set_timeout(heartbeat * 2);
+                let _ = c.timeout_now(req).await;
+            }
+        }
         let mut client = self.peer_client(target, &node.node)?;
         let mut req = tonic::Request::new(TimeoutNowRequest {
             cluster_id: self.cluster_id(),
             leader_id: self.id(),
+            campaign: true,
         });
         req.set_timeout(election);
         client.timeout_now(req).await.map_err(|s| {
