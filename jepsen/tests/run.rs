@@ -1,0 +1,85 @@
+//! A short run of the `ballast-jepsen` binary against Ballast, with kills
+//! and partitions, the register and watch workloads: every checker must
+//! say valid (exit status 0). Needs the `ballast` binary in the same
+//! target directory (`cargo build -p ballast-server`) or `$BALLAST_BIN`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn short_run_against_ballast_is_valid() {
+    let ballast = common::ballast_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast-jepsen"))
+        .args(["run", "--db", "ballast", "--nodes", "3"])
+        .args([
+            "--workload",
+            "register,watch",
+            "--nemesis",
+            "kill,partition",
+        ])
+        .args([
+            "--time-limit",
+            "20",
+            "--nemesis-interval",
+            "3",
+            "--seed",
+            "7",
+        ])
+        .arg("--binary")
+        .arg(&ballast)
+        .arg("--out")
+        .arg(&out)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The run takes about 20 s plus start-up, healing and checking.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ballast-jepsen did not finish in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let results = std::fs::read_to_string(out.join("results.json")).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "results:\n{results}");
+    let r: serde_json::Value = serde_json::from_str(&results).unwrap();
+    assert_eq!(r["verdict"], "valid");
+    let names: Vec<&str> = r["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for want in [
+        "linearizable",
+        "watch",
+        "committed-writes",
+        "convergence",
+        "crashes",
+    ] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    assert!(out.join("history.jsonl").is_file());
+    assert!(out.join("report.html").is_file());
+    // `check` agrees with the run.
+    let check = Command::new(env!("CARGO_BIN_EXE_ballast-jepsen"))
+        .arg("check")
+        .arg(out.join("history.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
