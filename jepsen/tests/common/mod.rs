@@ -8,6 +8,7 @@ use std::path::PathBuf;
 ///
 /// # Panics
 /// If it does not exist.
+#[allow(dead_code)]
 pub fn ballast_bin() -> PathBuf {
     let p = std::env::var_os("BALLAST_BIN")
         .map(PathBuf::from)
