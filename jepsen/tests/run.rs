@@ -5,52 +5,38 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 #[test]
 fn short_run_against_ballast_is_valid() {
     let ballast = common::ballast_bin();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast-jepsen"))
-        .args(["run", "--db", "ballast", "--nodes", "3"])
-        .args([
+    let binary = ballast.to_string_lossy().into_owned();
+    let (code, results) = common::run_harness(
+        &[
+            "run",
+            "--db",
+            "ballast",
+            "--nodes",
+            "3",
             "--workload",
             "register,watch",
             "--nemesis",
             "kill,partition",
-        ])
-        .args([
             "--time-limit",
             "20",
             "--nemesis-interval",
             "3",
             "--seed",
             "7",
-        ])
-        .arg("--binary")
-        .arg(&ballast)
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    // The run takes about 20 s plus start-up, healing and checking.
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ballast-jepsen did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let results = std::fs::read_to_string(out.join("results.json")).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "results:\n{results}");
+            "--binary",
+            &binary,
+        ],
+        &[],
+        &out,
+    );
+    assert_eq!(code, Some(0), "results:\n{results}");
     let r: serde_json::Value = serde_json::from_str(&results).unwrap();
     assert_eq!(r["verdict"], "valid");
     let names: Vec<&str> = r["checkers"]

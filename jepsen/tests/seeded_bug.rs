@@ -5,47 +5,36 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 #[test]
 fn stale_reads_under_partitions_are_flagged_invalid() {
     let faulty = common::faulty_ballast_bin();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ballast-jepsen"))
-        .env("BALLAST_FAULTS", "stale-reads")
-        .args(["run", "--db", "ballast", "--nodes", "3"])
-        .args(["--workload", "register", "--nemesis", "partition"])
-        .args([
+    let binary = faulty.to_string_lossy().into_owned();
+    let (code, results) = common::run_harness(
+        &[
+            "run",
+            "--db",
+            "ballast",
+            "--nodes",
+            "3",
+            "--workload",
+            "register",
+            "--nemesis",
+            "partition",
             "--time-limit",
             "25",
             "--nemesis-interval",
             "3",
             "--seed",
             "7",
-        ])
-        .arg("--binary")
-        .arg(&faulty)
-        .arg("--out")
-        .arg(&out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ballast-jepsen did not finish in time");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let results = std::fs::read_to_string(out.join("results.json")).unwrap_or_default();
-    assert_eq!(status.code(), Some(1), "results:\n{results}");
+            "--binary",
+            &binary,
+        ],
+        &[("BALLAST_FAULTS", "stale-reads")],
+        &out,
+    );
+    assert_eq!(code, Some(1), "results:\n{results}");
     let r: serde_json::Value = serde_json::from_str(&results).unwrap();
     assert_eq!(r["verdict"], "invalid", "{results}");
     let lin = r["checkers"]
