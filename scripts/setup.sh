@@ -9,11 +9,12 @@
 #   protobuf-compiler  the etcd-client crate (used by the tests) runs protoc
 #   etcd-client        etcdctl, for the black-box tests
 #   etcd-server        a real etcd, for the differential tests and benchmarks
+#   python3-kubernetes the official Kubernetes Python client, for the API facade's tests
 set -euo pipefail
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server; do
+for pkg in libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server python3-kubernetes; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 

@@ -11,6 +11,8 @@
 //! * [`storage`] — the etcd v3 calls (Txn create/update/delete, ranges,
 //!   watches, compaction);
 //! * [`registry`] — one generic store plus per-kind strategies;
+//! * [`body`], [`yaml`] — request bodies: size limit, JSON/YAML/protobuf
+//!   decoding with kube's errors, the checks made before anything is stored;
 //! * [`selectors`], [`paging`], [`patch`], [`validation`] — request semantics;
 //! * [`watch`] — watch streams; [`table`] — server-side printing;
 //! * [`discovery`] — `/version`, `/api`, `/apis`, `/openapi/v3`;
@@ -20,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod body;
 pub mod discovery;
 pub mod lifecycle;
 pub mod object;
@@ -36,6 +39,7 @@ pub mod table;
 pub mod validation;
 pub mod watch;
 pub mod watchcache;
+pub mod yaml;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -28,12 +28,23 @@ impl PatchType {
     }
 }
 
-/// Applies a patch of `kind` to `target`; the error text is for the client.
-pub fn apply(kind: PatchType, target: &Value, patch: &Value) -> Result<Value, String> {
+/// Why a patch was not applied (the text is for the client).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PatchError {
+    /// The patch itself is malformed (kube: 400 BadRequest).
+    Malformed(String),
+    /// The patch does not apply to the object (kube: 422).
+    Failed(String),
+}
+
+/// Applies a patch of `kind` to `target`.
+pub fn apply(kind: PatchType, target: &Value, patch: &Value) -> Result<Value, PatchError> {
     match kind {
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err("merge patch must be a JSON object".into());
+                return Err(PatchError::Malformed(
+                    "Invalid JSON Patch: a merge patch must be a JSON object".into(),
+                ));
             }
             let mut out = target.clone();
             merge(&mut out, patch);
@@ -41,13 +52,39 @@ pub fn apply(kind: PatchType, target: &Value, patch: &Value) -> Result<Value, St
         }
         PatchType::Strategic => {
             if !patch.is_object() {
-                return Err("strategic merge patch must be a JSON object".into());
+                return Err(PatchError::Malformed(
+                    "invalid JSON document: a strategic merge patch must be a JSON object".into(),
+                ));
             }
             let mut out = target.clone();
-            strategic(&mut out, patch, "");
+            strategic(&mut out, patch, "").map_err(PatchError::Malformed)?;
             Ok(out)
         }
-        PatchType::Json => json_patch(target, patch),
+        PatchType::Json => {
+            let ok = patch
+                .as_array()
+                .is_some_and(|ops| ops.iter().all(Value::is_object));
+            if !ok {
+                return Err(PatchError::Malformed(
+                    "json patch must be a JSON array of operation objects".into(),
+                ));
+            }
+            json_patch(target, patch).map_err(PatchError::Failed)
+        }
+    }
+}
+
+/// A `$patch` directive's value, if it is one the strategy knows.
+fn directive(p: &Map<String, Value>) -> Result<Option<&str>, String> {
+    match p.get("$patch") {
+        None => Ok(None),
+        Some(Value::String(d)) if matches!(d.as_str(), "replace" | "delete" | "merge") => {
+            Ok(Some(d.as_str()))
+        }
+        Some(other) => Err(format!(
+            "unknown patch type: {other} in map: {}",
+            Value::Object(p.clone())
+        )),
     }
 }
 
@@ -98,21 +135,21 @@ fn is_merged_primitive_list(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 
-fn strategic(target: &mut Value, patch: &Value, _path: &str) {
+fn strategic(target: &mut Value, patch: &Value, _path: &str) -> Result<(), String> {
     let Value::Object(p) = patch else {
         *target = patch.clone();
-        return;
+        return Ok(());
     };
-    match p.get("$patch").and_then(Value::as_str) {
+    match directive(p)? {
         Some("replace") => {
             let mut m = p.clone();
             m.remove("$patch");
             *target = Value::Object(m);
-            return;
+            return Ok(());
         }
         Some("delete") => {
             *target = Value::Null;
-            return;
+            return Ok(());
         }
         _ => {}
     }
@@ -149,12 +186,12 @@ fn strategic(target: &mut Value, patch: &Value, _path: &str) {
         match v {
             Value::Array(items) => {
                 let existing = t.get(k).and_then(Value::as_array).cloned();
-                let merged = merge_list(k, existing, items);
+                let merged = merge_list(k, existing, items)?;
                 t.insert(k.clone(), Value::Array(merged));
             }
             Value::Object(_) => {
                 let slot = t.entry(k.clone()).or_insert(Value::Null);
-                strategic(slot, v, k);
+                strategic(slot, v, k)?;
                 if slot.is_null() {
                     t.remove(k);
                 }
@@ -184,9 +221,19 @@ fn strategic(target: &mut Value, patch: &Value, _path: &str) {
         };
         list.sort_by_key(|item| pos(item).unwrap_or(usize::MAX));
     }
+    Ok(())
 }
 
-fn merge_list(field: &str, existing: Option<Vec<Value>>, patch: &[Value]) -> Vec<Value> {
+fn merge_list(
+    field: &str,
+    existing: Option<Vec<Value>>,
+    patch: &[Value],
+) -> Result<Vec<Value>, String> {
+    for item in patch {
+        if let Value::Object(m) = item {
+            directive(m)?;
+        }
+    }
     if is_merged_primitive_list(field) {
         let mut out = existing.unwrap_or_default();
         for item in patch {
@@ -194,25 +241,24 @@ fn merge_list(field: &str, existing: Option<Vec<Value>>, patch: &[Value]) -> Vec
                 out.push(item.clone());
             }
         }
-        return out;
+        return Ok(out);
     }
-    let Some(key) = merge_key(field, patch) else {
-        // Atomic list: replaced, minus directive-only elements.
-        return patch
+    let without_directives = || {
+        patch
             .iter()
             .filter(|i| i.get("$patch").is_none())
             .cloned()
-            .collect();
+            .collect()
+    };
+    let Some(key) = merge_key(field, patch) else {
+        // Atomic list: replaced, minus directive-only elements.
+        return Ok(without_directives());
     };
     if patch
         .iter()
         .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
     {
-        return patch
-            .iter()
-            .filter(|i| i.get("$patch").is_none())
-            .cloned()
-            .collect();
+        return Ok(without_directives());
     }
     let mut out = existing.unwrap_or_default();
     for item in patch {
@@ -224,15 +270,15 @@ fn merge_list(field: &str, existing: Option<Vec<Value>>, patch: &[Value]) -> Vec
                 out.remove(i);
             }
             (None, true) => {}
-            (Some(i), false) => strategic(&mut out[i], item, field),
+            (Some(i), false) => strategic(&mut out[i], item, field)?,
             (None, false) => {
                 let mut fresh = Value::Object(Map::new());
-                strategic(&mut fresh, item, field);
+                strategic(&mut fresh, item, field)?;
                 out.push(fresh);
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn unescape(token: &str) -> String {
@@ -438,6 +484,26 @@ mod tests {
         assert!(json_patch(&t, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(json_patch(&t, &json!([{"op": "replace", "path": "/nope", "value": 1}])).is_err());
         assert!(json_patch(&t, &json!({"op": "add"})).is_err());
+        assert!(matches!(
+            apply(PatchType::Json, &t, &json!([1])),
+            Err(PatchError::Malformed(_))
+        ));
+        assert!(matches!(
+            apply(
+                PatchType::Json,
+                &t,
+                &json!([{"op": "remove", "path": "/nope"}])
+            ),
+            Err(PatchError::Failed(_))
+        ));
+        assert!(matches!(
+            apply(
+                PatchType::Strategic,
+                &t,
+                &json!({"spec": {"$patch": "frob"}})
+            ),
+            Err(PatchError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -447,7 +447,7 @@ pub fn decode(body: &[u8], info: &ResourceInfo) -> ApiResult<Value> {
         ("batch", "Job") => JOB,
         _ => {
             return Err(ApiError::unsupported_media_type(&format!(
-                "application/vnd.kubernetes.protobuf (not supported for {}; send JSON, e.g. kubectl create -f)",
+                "application/json, application/yaml (protobuf is not decoded for {}; send JSON, e.g. kubectl create -f)",
                 info.kind
             )))
         }

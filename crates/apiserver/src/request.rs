@@ -104,9 +104,15 @@ pub struct ResourcePath {
 }
 
 /// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource paths; None for
-/// anything else (discovery paths are handled before).
+/// anything else (discovery paths are handled before). As in Go, the path
+/// is percent-decoded before it is split, so `%2F` separates segments.
 pub fn parse_resource_path(path: &str) -> Option<ResourcePath> {
-    let segs: Vec<String> = path.trim_matches('/').split('/').map(decode).collect();
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
+    let segs: Vec<String> = decoded
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
     let (group, version, rest) = match segs.first().map(String::as_str) {
         Some("api") if segs.len() >= 3 => (String::new(), segs[1].clone(), &segs[2..]),
         Some("apis") if segs.len() >= 4 => (segs[1].clone(), segs[2].clone(), &segs[3..]),
@@ -229,6 +235,13 @@ mod tests {
             ("apps", "deployments")
         );
         assert!(parse_resource_path("/apis/apps").is_none());
+        let p = parse_resource_path("/api/v1/namespaces/d/configmaps/a%2Fb").unwrap();
+        assert_eq!(
+            (p.name.as_deref(), p.subresource.as_deref()),
+            (Some("a"), Some("b"))
+        );
+        let p = parse_resource_path("/api/v1/namespaces/d/configmaps/a+b").unwrap();
+        assert_eq!(p.name.as_deref(), Some("a+b"));
         assert!(parse_resource_path("/api/v1/namespaces/a/pods/b/c/d").is_none());
     }
 

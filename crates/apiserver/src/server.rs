@@ -11,13 +11,14 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::body;
 use crate::discovery;
 use crate::lifecycle;
 use crate::object;
 use crate::patch::PatchType;
 use crate::registry::apps::to_scale;
 use crate::registry::generic::{
-    DeleteOptions, Deleted, ListOptions, Registry, Target, WriteOptions,
+    patch_error, DeleteOptions, Deleted, ListOptions, Registry, Target, WriteOptions,
 };
 use crate::registry::Strategy;
 use crate::request::{accept, include_object, parse_resource_path, Accept, Query, ResourcePath};
@@ -25,9 +26,6 @@ use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
 use crate::table;
 use crate::watch::{self, WatchParams};
-
-/// The largest request body accepted (kube's limit is 3 MiB).
-const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// State shared by all requests.
 pub struct AppState {
@@ -62,23 +60,20 @@ async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
     let headers = req.headers().clone();
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => return ApiError::new_too_large().into_response(),
+    let resp = match body::read(req.into_body(), &headers).await {
+        Ok(body) => route(&app, &method, &path, &query, &headers, body)
+            .await
+            .unwrap_or_else(|e| e.into_response()),
+        Err(e) => {
+            // The rest of an oversized body is not read: end the connection.
+            let mut resp = e.into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+            resp
+        }
     };
-    let result = route(&app, &method, &path, &query, &headers, body).await;
-    let resp = result.unwrap_or_else(|e| e.into_response());
     tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
     resp
-}
-
-impl ApiError {
-    fn new_too_large() -> Self {
-        let mut e = ApiError::bad_request("the request body is too large");
-        e.code = 413;
-        e.reason = "RequestEntityTooLarge";
-        e
-    }
 }
 
 async fn route(
@@ -155,12 +150,35 @@ async fn route(
         return Err(ApiError::path_not_found());
     };
     let info = strategy.info();
-    if !rp.namespace.is_empty() && !info.namespaced {
+    if (!rp.namespace.is_empty() && !info.namespaced) || matches!(rp.namespace.as_str(), "." | "..")
+    {
         return Err(ApiError::path_not_found());
     }
+    if let Some(name) = &rp.name {
+        body::check_path_name(name)?;
+    }
     if let Some(sub) = &rp.subresource {
-        if !info.subresources.iter().any(|s| s.name == sub) {
+        let Some(si) = info.subresources.iter().find(|s| s.name == sub) else {
             return Err(ApiError::path_not_found());
+        };
+        let verb = match *method {
+            Method::GET => "get",
+            Method::PUT => "update",
+            Method::PATCH => "patch",
+            Method::POST => "create",
+            Method::DELETE => "delete",
+            _ => "",
+        };
+        if !si.verbs.contains(&verb) {
+            return Err(ApiError::method_not_supported(
+                &format!("{}/{sub}", info.resource),
+                info.group,
+                if verb.is_empty() {
+                    method.as_str()
+                } else {
+                    verb
+                },
+            ));
         }
     }
     if info.namespaced && rp.name.is_some() && rp.namespace.is_empty() {
@@ -193,16 +211,6 @@ struct Ctx<'a> {
     rp: ResourcePath,
     q: &'a Query,
     headers: &'a HeaderMap,
-}
-
-fn parse_json(body: &[u8], s: &dyn Strategy) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| {
-        let i = s.info();
-        ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: {e}",
-            i.kind, i.version, i.kind
-        ))
-    })
 }
 
 impl Ctx<'_> {
@@ -242,15 +250,10 @@ impl Ctx<'_> {
         header_str(self.headers, header::CONTENT_TYPE)
     }
 
-    /// Decodes a JSON (or supported protobuf) request body.
+    /// Decodes an object body of the endpoint's kind (JSON, YAML, protobuf).
     fn body(&self, body: &[u8]) -> ApiResult<Value> {
-        let ct = self.content_type();
-        let base = ct.split(';').next().unwrap_or("").trim();
-        match base {
-            "" | "application/json" | "*/*" => parse_json(body, self.s()),
-            "application/vnd.kubernetes.protobuf" => crate::protobuf::decode(body, self.s().info()),
-            _ => Err(ApiError::unsupported_media_type(ct)),
-        }
+        let info = self.s().info();
+        body::decode(body, self.content_type(), info.kind, Some(info))
     }
 
     /// Renders one object, as a Table when asked.
@@ -330,7 +333,9 @@ impl Ctx<'_> {
             meta["remainingItemCount"] = json!(n);
         }
         let info = s.info();
-        let list = json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": meta, "items": res.items});
+        // Built by moving the items in (`json!` would copy every one of them).
+        let mut list = json!({"kind": format!("{}List", info.kind), "apiVersion": info.api_version(), "metadata": meta});
+        list["items"] = Value::Array(res.items);
         Ok(json_response(StatusCode::OK, &list))
     }
 
@@ -391,7 +396,7 @@ impl Ctx<'_> {
                 self.object(StatusCode::CREATED, &created)
             }
             (Some(name), Some("binding")) => {
-                let binding = parse_json(&body, self.s())?;
+                let binding = body::decode(&body, self.content_type(), "Binding", None)?;
                 lifecycle::bind_pod(self.reg(), self.s(), &self.rp.namespace, name, &binding)
                     .await?;
                 Ok(json_response(
@@ -419,12 +424,14 @@ impl Ctx<'_> {
         let opts = self.write_opts()?;
         if self.rp.subresource.as_deref() == Some("finalize") {
             let obj = self.body(&body)?;
+            body::check_name(&obj, name, ns)?;
             let out = lifecycle::finalize_namespace(self.reg(), s, name, &obj, &opts).await?;
             return self.object(StatusCode::OK, &out);
         }
         match self.target()? {
             Target::Scale => {
-                let scale = parse_json(&body, s)?;
+                let scale = body::decode(&body, self.content_type(), "Scale", None)?;
+                body::check_name(&scale, name, ns)?;
                 let out = self.scale_update(|_| Ok(scale.clone()), &opts).await?;
                 Ok(json_response(StatusCode::OK, &out))
             }
@@ -509,7 +516,7 @@ impl Ctx<'_> {
         }
         let ct = self.content_type().to_string();
         let Some(kind) = PatchType::from_content_type(&ct) else {
-            return Err(ApiError::unsupported_media_type(&ct));
+            return Err(ApiError::unsupported_media_type(body::PATCH_TYPES));
         };
         let patch: Value = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
@@ -519,7 +526,8 @@ impl Ctx<'_> {
                 let out = self
                     .scale_update(
                         |scale| {
-                            crate::patch::apply(kind, scale, &patch).map_err(ApiError::bad_request)
+                            crate::patch::apply(kind, scale, &patch)
+                                .map_err(|e| patch_error(info, self.name(), e))
                         },
                         &opts,
                     )
@@ -543,48 +551,10 @@ impl Ctx<'_> {
         }
     }
 
-    fn delete_options(&self, body: &[u8]) -> ApiResult<DeleteOptions> {
-        let mut opts = DeleteOptions {
-            grace: self.q.int("gracePeriodSeconds")?,
-            dry_run: self.q.dry_run()?,
-            ..Default::default()
-        };
-        if !body.is_empty() {
-            let v: Value = if self
-                .content_type()
-                .starts_with("application/vnd.kubernetes.protobuf")
-            {
-                crate::protobuf::decode_delete_options(body)?
-            } else {
-                serde_json::from_slice(body).map_err(|e| {
-                    ApiError::bad_request(format!("DeleteOptions cannot be decoded: {e}"))
-                })?
-            };
-            if let Some(g) = v.get("gracePeriodSeconds").and_then(Value::as_i64) {
-                opts.grace = Some(g);
-            }
-            opts.uid = v
-                .pointer("/preconditions/uid")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            opts.resource_version = v
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if v.get("dryRun")
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.iter().any(|x| x == "All"))
-            {
-                opts.dry_run = true;
-            }
-        }
-        Ok(opts)
-    }
-
     async fn delete(&self, body: Bytes) -> ApiResult<Response> {
         let s = self.s();
         let info = s.info();
-        let opts = self.delete_options(&body)?;
+        let opts = body::delete_options(&body, self.content_type(), self.q)?;
         let Some(name) = self.rp.name.as_deref() else {
             return self.delete_collection(&opts).await;
         };

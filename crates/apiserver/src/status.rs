@@ -232,12 +232,21 @@ impl ApiError {
         Self::new(410, "Expired", message)
     }
 
-    /// 415 UnsupportedMediaType.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 413 RequestEntityTooLarge (`Request entity too large: <why>`).
+    pub fn too_large(why: impl std::fmt::Display) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: {why}"),
+        )
+    }
+
+    /// 415 UnsupportedMediaType, naming the `accepted` media types.
+    pub fn unsupported_media_type(accepted: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/json-patch+json, application/merge-patch+json, application/vnd.kubernetes.protobuf (some kinds); got {content_type:?}"),
+            format!("the body of the request was in an unknown format - accepted media types include: {accepted}"),
         )
     }
 

@@ -59,15 +59,44 @@ pub enum StorageError {
     /// The call took longer than the deadline.
     #[error("etcd call timed out")]
     Timeout,
+    /// The store refused the request for its size (etcd's `--max-request-bytes`).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// An object read from the store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Stored {
     /// The object, with `metadata.resourceVersion` set.
     pub object: Value,
     /// The key's `mod_revision`.
     pub mod_revision: i64,
+    /// `object` as JSON, encoded on first use: a watch-cache event is
+    /// encoded once for all its watchers.
+    json: std::sync::OnceLock<Vec<u8>>,
+}
+
+impl Stored {
+    /// An object at a revision.
+    pub fn new(object: Value, mod_revision: i64) -> Self {
+        Stored {
+            object,
+            mod_revision,
+            json: Default::default(),
+        }
+    }
+
+    /// The object as JSON (encoded once; `object` must not change after).
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&self.object).unwrap_or_default())
+    }
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        self.object == other.object && self.mod_revision == other.mod_revision
+    }
 }
 
 /// One page of a range read.
@@ -119,6 +148,15 @@ fn map_err(e: etcd_client::Error) -> StorageError {
         }
     } else if text.contains("required revision is a future revision") {
         StorageError::FutureRevision
+    } else if let Some(m) = [
+        "etcdserver: request is too large",
+        "grpc: received message larger than max",
+        "grpc: trying to send message larger than max",
+    ]
+    .into_iter()
+    .find(|m| text.contains(m))
+    {
+        StorageError::TooLarge(m.to_string())
     } else {
         StorageError::Backend(text)
     }
@@ -151,10 +189,7 @@ pub fn decode(key: &[u8], value: &[u8], mod_revision: i64) -> Result<Stored, Sto
             Value::String(mod_revision.to_string()),
         );
     }
-    Ok(Stored {
-        object,
-        mod_revision,
-    })
+    Ok(Stored::new(object, mod_revision))
 }
 
 /// Encodes an object for storage (without `metadata.resourceVersion`).
@@ -177,7 +212,18 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// The largest etcd response accepted: kube-apiserver's etcd client allows
+/// `math.MaxInt32`; tonic's default (4 MiB) would fail lists of a few
+/// thousand objects.
+const MAX_RESPONSE: usize = i32::MAX as usize;
+
 impl Storage {
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE)
+    }
+
     /// Connects to the etcd endpoints (lazily retried by the client).
     pub async fn connect(endpoints: &[String]) -> anyhow::Result<Self> {
         let opts = ConnectOptions::new()
@@ -189,7 +235,7 @@ impl Storage {
 
     /// Reads one key at the latest revision.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = bounded(kv.get(key, None)).await?;
         match resp.kvs().first() {
             Some(item) => Ok(Some(decode(item.key(), item.value(), item.mod_revision())?)),
@@ -202,7 +248,7 @@ impl Storage {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, encode(object), None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = bounded(kv.txn(txn)).await?;
         if !resp.succeeded() {
             return Err(StorageError::AlreadyExists);
@@ -236,7 +282,7 @@ impl Storage {
     }
 
     async fn conditional(&self, key: &str, txn: Txn) -> Result<i64, StorageError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = bounded(kv.txn(txn)).await?;
         if resp.succeeded() {
             return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
@@ -275,7 +321,7 @@ impl Storage {
         if limit > 0 {
             opts = opts.with_limit(limit);
         }
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = bounded(kv.get(from, Some(opts)))
             .await
             .map_err(|e| match e {
@@ -307,7 +353,7 @@ impl Storage {
 
     /// The store's current revision (a linearizable read of `prefix`).
     pub async fn current_revision(&self, prefix: &str) -> Result<i64, StorageError> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let opts = GetOptions::new()
             .with_range(prefix_end(prefix))
             .with_count_only();
@@ -330,7 +376,10 @@ impl Storage {
             .with_start_revision(start)
             .with_prev_key()
             .with_progress_notify();
-        let mut wc = self.client.watch_client();
+        let mut wc = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE);
         let stream = bounded(wc.watch(prefix, Some(opts))).await?;
         let (mut sender, mut responses) = stream.split();
         let (tx, rx) = mpsc::channel(256);
@@ -436,7 +485,7 @@ impl Storage {
             )])
             .and_then([TxnOp::put(COMPACT_REV_KEY, last_rev.to_string(), None)])
             .or_else([TxnOp::get(COMPACT_REV_KEY, None)]);
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = bounded(kv.txn(txn)).await?;
         let current_rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         if !resp.succeeded() {
@@ -452,7 +501,7 @@ impl Storage {
             return Ok((time, current_rev));
         }
         if last_rev > 0 {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv();
             match bounded(kv.compact(last_rev, None)).await {
                 Ok(_) | Err(StorageError::Compacted { .. }) => {}
                 Err(e) => return Err(e),

@@ -184,6 +184,32 @@ pub fn validate_meta(obj: &Value, rule: NameRule, namespaced: bool) -> Vec<Cause
             )),
         }
     }
+    // kube's ValidateOwnerReferences (field types were checked at decode).
+    let refs = meta
+        .and_then(|m| m.get("ownerReferences"))
+        .and_then(Value::as_array);
+    for r in refs.into_iter().flatten() {
+        let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or("");
+        let version = field("apiVersion").rsplit('/').next().unwrap_or("");
+        for (f, empty, msg) in [
+            (
+                "apiVersion",
+                version.is_empty(),
+                "version must not be empty",
+            ),
+            ("kind", field("kind").is_empty(), "kind must not be empty"),
+            ("name", field("name").is_empty(), "name must not be empty"),
+            ("uid", field("uid").is_empty(), "uid must not be empty"),
+        ] {
+            if empty {
+                causes.push(Cause::invalid(
+                    format!("metadata.ownerReferences.{f}"),
+                    field(f),
+                    msg,
+                ));
+            }
+        }
+    }
     if let Some(f) = meta.and_then(|m| m.get("finalizers")) {
         let ok = f.is_null()
             || f.as_array()
@@ -261,5 +287,10 @@ mod tests {
         let bad = json!({"metadata": {"name": "A", "labels": {"app": "bad value"}}});
         let causes = validate_meta(&bad, NameRule::Subdomain, true);
         assert_eq!(causes.len(), 3, "{causes:?}");
+        let owned = json!({"metadata": {"name": "a", "namespace": "d",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs"}]}});
+        let causes = validate_meta(&owned, NameRule::Subdomain, true);
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "metadata.ownerReferences.uid");
     }
 }

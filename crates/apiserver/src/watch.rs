@@ -27,7 +27,7 @@ use crate::registry::generic::{parse_rv, storage_error, Registry};
 use crate::registry::Strategy;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::{ApiError, ApiResult};
-use crate::storage::{StorageError, StorageEvent};
+use crate::storage::{StorageError, StorageEvent, Stored};
 use crate::table::{self, IncludeObject};
 use crate::watchcache::{Msg, WatchCaches};
 
@@ -133,9 +133,10 @@ struct Emitter {
 impl Emitter {
     /// Sends one event; false when the client is gone.
     async fn send(&mut self, kind: &str, object: &Value) -> bool {
+        let rows;
         let object = match (self.table, kind) {
             (Some(include), "ADDED" | "MODIFIED" | "DELETED") => {
-                let t = table::table(
+                rows = table::table(
                     self.strategy.as_ref(),
                     std::slice::from_ref(object),
                     include,
@@ -144,13 +145,31 @@ impl Emitter {
                     !self.columns_sent,
                 );
                 self.columns_sent = true;
-                t
+                &rows
             }
-            _ => object.clone(),
+            _ => object,
         };
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
+        let encoded = serde_json::to_vec(object).unwrap_or_default();
+        self.send_json(kind, &encoded).await
+    }
+
+    /// Sends a stored object, reusing its encoding (shared by all the
+    /// watchers of a watch-cache event).
+    async fn send_stored(&mut self, kind: &str, st: &Stored) -> bool {
+        match self.table {
+            Some(_) => self.send(kind, &st.object).await,
+            None => self.send_json(kind, st.json()).await,
+        }
+    }
+
+    /// `{"type":…,"object":…}` (kube's order) around an encoded object.
+    async fn send_json(&mut self, kind: &str, object: &[u8]) -> bool {
+        let mut line = Vec::with_capacity(object.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(object);
+        line.extend_from_slice(b"}\n");
         self.tx.send(Ok(Bytes::from(line))).await.is_ok()
     }
 
@@ -305,8 +324,8 @@ pub async fn start(
                     let old_in = prev.as_ref().is_some_and(|p| matches(&p.object));
                     let new_in = object.as_ref().is_some_and(|o| matches(&o.object));
                     let sent = match (object, old_in, new_in) {
-                        (Some(o), false, true) => em.send("ADDED", &o.object).await,
-                        (Some(o), true, true) => em.send("MODIFIED", &o.object).await,
+                        (Some(o), false, true) => em.send_stored("ADDED", o).await,
+                        (Some(o), true, true) => em.send_stored("MODIFIED", o).await,
                         (_, true, false) => match prev {
                             Some(p) => em.send("DELETED", &with_rv(&p.object, *revision)).await,
                             None => true,

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 pub use super::list::{ListOptions, ListResult};
 use super::{DeletePlan, ResourceInfo, Strategy};
+use crate::body::{check_body, check_name};
 use crate::object::{self, meta_mut};
 use crate::patch::{self, PatchType};
 use crate::status::{ApiError, ApiResult, OPTIMISTIC_LOCK_MSG};
@@ -17,25 +18,6 @@ use crate::validation;
 
 /// How many times an unconditional update is retried on a write race.
 const MAX_RETRIES: usize = 16;
-/// Fields of `ObjectMeta` (for strict decoding).
-const META_FIELDS: &[&str] = &[
-    "name",
-    "generateName",
-    "namespace",
-    "selfLink",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-    "managedFields",
-];
-
 /// Which part of an object a write addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -98,6 +80,7 @@ pub fn storage_error(info: &ResourceInfo, name: &str, e: StorageError) -> ApiErr
         }
         StorageError::FutureRevision => ApiError::timeout("Too large resource version"),
         StorageError::Timeout => ApiError::timeout("etcd request timed out"),
+        StorageError::TooLarge(m) => ApiError::too_large(m),
         StorageError::Corrupt(k) => ApiError::internal(format!("stored object {k} is corrupt")),
         StorageError::Backend(m) => ApiError::unavailable(format!("storage unavailable: {m}")),
     }
@@ -114,87 +97,6 @@ fn invalid(info: &ResourceInfo, obj: &Value, causes: Vec<crate::status::Cause>) 
             causes,
         ))
     }
-}
-
-/// Strict decoding: the unknown fields of `body` for this kind.
-pub fn unknown_fields(s: &dyn Strategy, body: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    let Some(top) = body.as_object() else {
-        return out;
-    };
-    if let Some(allowed) = s.top_level_fields() {
-        for k in top.keys() {
-            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
-                && !allowed.contains(&k.as_str())
-            {
-                out.push(k.clone());
-            }
-        }
-    }
-    if let Some(meta) = top.get("metadata").and_then(Value::as_object) {
-        out.extend(
-            meta.keys()
-                .filter(|k| !META_FIELDS.contains(&k.as_str()))
-                .map(|k| format!("metadata.{k}")),
-        );
-    }
-    if let (Some(allowed), Some(spec)) =
-        (s.spec_fields(), top.get("spec").and_then(Value::as_object))
-    {
-        out.extend(
-            spec.keys()
-                .filter(|k| !allowed.contains(&k.as_str()))
-                .map(|k| format!("spec.{k}")),
-        );
-    }
-    out
-}
-
-/// Checks `apiVersion`/`kind` of a body against the endpoint's kind, and strict fields.
-pub fn check_body(s: &dyn Strategy, body: &Value, strict: bool) -> ApiResult<()> {
-    let info = s.info();
-    if !body.is_object() {
-        return Err(ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: expected a JSON object",
-            info.kind, info.version, info.kind
-        )));
-    }
-    if let Some(av) = body.get("apiVersion").and_then(Value::as_str) {
-        if av != info.api_version() {
-            return Err(ApiError::bad_request(format!(
-                "the API version in the data ({av}) does not match the expected API version ({})",
-                info.api_version()
-            )));
-        }
-    }
-    if let Some(k) = body.get("kind").and_then(Value::as_str) {
-        if k != info.kind {
-            return Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: the kind in the data ({k}) does not match the expected kind", info.kind, info.version, info.kind)));
-        }
-    }
-    if !body.get("metadata").is_none_or(Value::is_object) {
-        return Err(ApiError::bad_request(format!(
-            "{} in version \"{}\" cannot be handled as a {}: metadata must be an object",
-            info.kind, info.version, info.kind
-        )));
-    }
-    if strict {
-        let unknown = unknown_fields(s, body);
-        if !unknown.is_empty() {
-            let list: Vec<String> = unknown
-                .iter()
-                .map(|f| format!("unknown field \"{f}\""))
-                .collect();
-            return Err(ApiError::bad_request(format!(
-                "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
-                info.kind,
-                info.version,
-                info.kind,
-                list.join(", ")
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn stamp_type(info: &ResourceInfo, obj: &mut Value) {
@@ -556,6 +458,7 @@ impl Registry {
         opts: &WriteOptions,
     ) -> ApiResult<Value> {
         check_body(s, &body, opts.strict && target == Target::Main)?;
+        check_name(&body, name, ns)?;
         self.update_with(s, ns, name, target, opts, |_| Ok(body.clone()))
             .await
     }
@@ -573,8 +476,9 @@ impl Registry {
         let info = s.info();
         self.update_with(s, ns, name, target, opts, |current| {
             let patched =
-                patch::apply(kind, current, patch_body).map_err(|m| patch_error(info, name, m))?;
+                patch::apply(kind, current, patch_body).map_err(|e| patch_error(info, name, e))?;
             check_body(s, &patched, opts.strict && target == Target::Main)?;
+            check_name(&patched, name, ns)?;
             Ok(patched)
         })
         .await
@@ -687,7 +591,13 @@ pub fn parse_rv(rv: &str) -> ApiResult<i64> {
     })
 }
 
-fn patch_error(info: &ResourceInfo, name: &str, message: String) -> ApiError {
+/// A patch that cannot be applied: 400 when it is malformed, else 422
+/// (kube: `the server rejected our request due to an error in our request`).
+pub fn patch_error(info: &ResourceInfo, name: &str, e: patch::PatchError) -> ApiError {
+    let message = match e {
+        patch::PatchError::Malformed(m) => return ApiError::bad_request(m),
+        patch::PatchError::Failed(m) => m,
+    };
     let mut e = ApiError::invalid(
         info.kind,
         info.group,
