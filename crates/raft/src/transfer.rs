@@ -94,7 +94,7 @@ impl RaftNode {
         let lease = Duration::from_millis(config.election_timeout_max);
         let heartbeat = Duration::from_millis(config.heartbeat_interval);
         let election = Duration::from_millis(config.election_timeout_min);
-        let deadline = Instant::now() + 2 * lease + election;
+        let deadline = Instant::now() + 2 * lease + 2 * election;
 
         let quiet = timeout_at(deadline, self.quiet.write())
             .await
@@ -102,16 +102,27 @@ impl RaftNode {
         let _transferring = Transferring::new(self);
         let heartbeats = HeartbeatsOff::new(&self.raft);
         let mut metrics = self.raft.metrics();
+        let voters: Vec<NodeId> = self
+            .members()
+            .into_iter()
+            .filter(|m| !m.is_learner && m.id != self.id())
+            .map(|m| m.id)
+            .collect();
+        // Every voter has every entry, so none of them hears from this
+        // leader after the wait below begins (their leases run out
+        // together) and the transferee's log is complete.
         timeout_at(
             deadline,
             metrics.wait_for(|m| {
                 let last = m.last_log_index;
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&target).cloned().flatten())
-                    .map(|l| l.index);
-                m.current_leader == Some(self.id()) && matched >= last
+                m.current_leader == Some(self.id())
+                    && voters.iter().all(|v| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(v).cloned().flatten())
+                            .map(|l| l.index)
+                            >= last
+                    })
             }),
         )
         .await
@@ -136,33 +147,44 @@ impl RaftNode {
                 let _ = c.timeout_now(req).await;
             }
         }
+        // Tell the transferee to campaign; again after an election timeout
+        // if it has not won (a vote can be lost to a message that was
+        // still in flight), until the deadline.
         let mut client = self.peer_client(target, &node.node)?;
-        let mut req = tonic::Request::new(TimeoutNowRequest {
-            cluster_id: self.cluster_id(),
-            leader_id: self.id(),
-            campaign: true,
-        });
-        req.set_timeout(election);
-        client.timeout_now(req).await.map_err(|s| {
-            NodeError::Unavailable(format!(
-                "etcdserver: member {target:x} did not take leadership: {}",
-                s.message()
-            ))
-        })?;
-        let changed = timeout_at(
-            deadline,
-            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id())),
-        )
-        .await;
+        let outcome = loop {
+            let mut req = tonic::Request::new(TimeoutNowRequest {
+                cluster_id: self.cluster_id(),
+                leader_id: self.id(),
+                campaign: true,
+            });
+            req.set_timeout(election);
+            if let Err(s) = client.timeout_now(req).await {
+                tracing::info!(status = %s, "TimeoutNow to the transferee failed");
+            }
+            let round = (Instant::now() + election).min(deadline);
+            match timeout_at(
+                round,
+                metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != self.id())),
+            )
+            .await
+            {
+                Ok(Ok(m)) => break Ok(m.current_leader),
+                Ok(Err(_)) => {
+                    break Err(NodeError::Unavailable("etcdserver: server stopped".into()))
+                }
+                Err(_) if Instant::now() >= deadline => break Err(timed_out()),
+                Err(_) => continue,
+            }
+        };
         drop(heartbeats);
         drop(quiet);
-        match changed {
-            Ok(Ok(_)) => {
+        match outcome? {
+            Some(l) if l == target => {
                 tracing::info!(target = %format!("{target:x}"), "leadership transferred");
                 Ok(())
             }
-            Ok(Err(_)) => Err(NodeError::Unavailable("etcdserver: server stopped".into())),
-            Err(_) => Err(timed_out()),
+            // Another member won: etcd's MoveLeader fails then too.
+            _ => Err(timed_out()),
         }
     }
 
@@ -170,7 +192,8 @@ impl RaftNode {
     /// the leader this member follows.
     pub(crate) async fn campaign_for(&self, leader: NodeId) -> Result<(), NodeError> {
         let known = self.raft.metrics().borrow().current_leader;
-        if known != Some(leader) {
+        // None: this member already campaigned on an earlier TimeoutNow.
+        if known.is_some_and(|k| k != leader) {
             return Err(NodeError::Rejected(format!(
                 "etcdserver: TimeoutNow from {leader:x}, which is not this member's leader"
             )));
