@@ -10,7 +10,10 @@
 # peak RSS (VmHWM) and data-dir size, stops it, and does the same with a
 # fresh three-member etcd cluster: A B A B ..., never both at once, so they
 # do not compete for the CPUs. Figures in the doc are medians over the rounds
-# of the runs that did not fail.
+# of the runs that did not fail. After the rounds, a fresh cluster of each
+# system is loaded with a million keys of 256 B, and its members' peak RSS
+# and data-dir sizes are read (LOAD_1M=0 skips it: it takes minutes). SVG
+# charts of the results (`ballast-bench chart`) go next to the doc.
 #
 # Environment (defaults in brackets):
 #   ROUNDS [7]  CLIENTS [100]  CONNS [10]  PUT_TOTAL [20000]
@@ -26,7 +29,14 @@
 #     over 2 s: the machine may be shared with other work. The doc gives
 #     medians over all runs and over the "quiet" runs, during which the rest
 #     of the machine used less than QUIET_RUN_CPU [0.2] CPUs on average.
-#   OUT [docs/benchmarks.md]   ETCD_BIN [/usr/bin/etcd]   KEEP=1 keeps BENCH_DIR.
+#   LOAD_1M [1]: the million-key stage; LOAD_KEYS [1000000] keys (and puts),
+#     LOAD_DEADLINE [1800] s for the load, LOAD_SETTLE [5] s before reading
+#     the members.
+#   OUT [docs/benchmarks.md]; CHART_DIR [the directory benchmarks/ next to
+#     OUT]: the SVG charts and the raw JSON lines they are drawn from.
+#   ETCD_BIN [/usr/bin/etcd]   KEEP=1 keeps BENCH_DIR.
+# The doc is replaced down to a marker line; what follows the marker in the
+# existing OUT (sections written by hand) is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -42,6 +52,11 @@ KEY_SPACE=${KEY_SPACE:-100000}
 KEY_SIZE=8
 BASE_PORT=${BASE_PORT:-9379}
 OUT=${OUT:-docs/benchmarks.md}
+CHART_DIR=${CHART_DIR:-$(dirname "$OUT")/benchmarks}
+LOAD_1M=${LOAD_1M:-1}
+LOAD_KEYS=${LOAD_KEYS:-1000000}
+LOAD_DEADLINE=${LOAD_DEADLINE:-1800}
+LOAD_SETTLE=${LOAD_SETTLE:-5}
 ETCD_BIN=${ETCD_BIN:-/usr/bin/etcd}
 READY_TIMEOUT=60
 QUIET_CPU=${QUIET_CPU:-0.3}
@@ -57,6 +72,7 @@ for tool in jq etcdctl du awk; do
 done
 [ -x "$ETCD_BIN" ] || die "no etcd at $ETCD_BIN (apt-get install -y etcd-server, or set ETCD_BIN)"
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be at least 1"
+[ "$LOAD_KEYS" -ge 1 ] && [ "$LOAD_KEYS" -le 100000000 ] || die "LOAD_KEYS must be 1 to 100000000 (8-byte keys)"
 
 # ---------------------------------------------------------------------------
 # Build
@@ -64,19 +80,24 @@ done
 eval "$(scripts/setup.sh)"
 log "building release binaries"
 cargo build --release --locked -p ballast-server -p ballast-benches
-[ -x target/release/ballast ] && [ -x target/release/ballast-bench ] || die "release binaries missing"
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+[ -x "$TARGET_DIR/release/ballast" ] && [ -x "$TARGET_DIR/release/ballast-bench" ] || die "release binaries missing in $TARGET_DIR/release"
 
 WORK=${BENCH_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/ballast-bench-compare.XXXXXX")}
 mkdir -p "$WORK/results" "$WORK/bin"
 # Copies: a build by someone else during the run must not change them.
-cp target/release/ballast target/release/ballast-bench "$WORK/bin/"
+cp "$TARGET_DIR/release/ballast" "$TARGET_DIR/release/ballast-bench" "$WORK/bin/"
 BALLAST_BIN=$WORK/bin/ballast
 BENCH_BIN=$WORK/bin/ballast-bench
 RESULTS=$WORK/results/runs.jsonl
 MEMBERS=$WORK/results/members.jsonl
 LOADS=$WORK/results/loadavg.txt
+LOAD_RUNS=$WORK/results/load-1m-runs.jsonl
+LOAD_MEMBERS=$WORK/results/load-1m-members.jsonl
 : >"$RESULTS"
 : >"$MEMBERS"
+: >"$LOAD_RUNS"
+: >"$LOAD_MEMBERS"
 : >"$LOADS"
 IDLE_LOADS=$WORK/results/loadavg-idle.txt
 : >"$IDLE_LOADS"
@@ -170,19 +191,21 @@ start_cluster() { # system round
   log "$sys cluster up (round $round): pids ${PIDS[*]}"
 }
 
-# Records each member's peak RSS and data-dir size (while running).
-record_members() { # system round
-  local sys=$1 round=$2 i pid hwm alloc apparent
+# Records each member's peak RSS and data-dir size (while running), as one
+# JSON line each in file $3 (with "stage": $4 and the LOAD_KEYS if given).
+record_members() { # system round|null file [stage]
+  local sys=$1 round=$2 file=$3 stage=${4:-} i pid hwm alloc apparent
   for i in 1 2 3; do
     pid=${PIDS[$((i - 1))]}
     hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo null)
     [ -n "$hwm" ] || hwm=null
     alloc=$(du -sk "$WORK/$sys/m$i" | awk '{print $1}')
     apparent=$(du -sk --apparent-size "$WORK/$sys/m$i" | awk '{print $1}')
-    jq -nc --arg system "$sys" --argjson round "$round" --arg member "m$i" \
-      --argjson hwm_kb "$hwm" --argjson du_kb "$alloc" --argjson apparent_kb "$apparent" \
-      '{system:$system, round:$round, member:$member, vmhwm_kb:$hwm_kb, du_kb:$du_kb, apparent_kb:$apparent_kb}' \
-      >>"$MEMBERS"
+    jq -nc --arg system "$sys" --argjson round "$round" --arg member "m$i" --arg stage "$stage" \
+      --argjson keys "$LOAD_KEYS" --argjson hwm_kb "$hwm" --argjson du_kb "$alloc" --argjson apparent_kb "$apparent" \
+      '{system:$system, round:$round} + (if $stage == "" then {} else {stage:$stage, keys:$keys} end) +
+       {member:$member, vmhwm_kb:$hwm_kb, du_kb:$du_kb, apparent_kb:$apparent_kb}' \
+      >>"$file"
   done
 }
 
@@ -252,46 +275,78 @@ wait_for_quiet() { # label max-wait
   done
 }
 
+# Runs ballast-bench against system $1 with the arguments after the fourth,
+# output in results/<system>-r<round>-<name>.{txt,err}, and appends its JSON
+# report to file $4 with the system, workload name, load average and the
+# CPUs used during the run by the rest of the machine and by the benchmark.
+# Sets LAST_LOAD (the load average right after). Dies if the tool could not
+# run (exit status above 1); a failed run (1) is recorded as such.
+LAST_LOAD=
+bench_run() { # system round name results-file ballast-bench-arguments...
+  local sys=$1 round=$2 name=$3 file=$4 rc=0 before cpu out
+  shift 4
+  out=$WORK/results/$sys-r$round-$name
+  cpu_snapshot
+  before=("${SNAP[@]}")
+  "$BENCH_BIN" --endpoints "$(endpoints "$sys")" "$@" >"$out.txt" 2>"$out.err" || rc=$?
+  cpu_snapshot
+  # CPUs used on average during the run: by everything else on the
+  # machine (other people's processes, and kernel threads; clamped at 0),
+  # and by the benchmark (members and load tool).
+  cpu=$(awk -v all=$((SNAP[0] - before[0])) -v members=$((SNAP[1] - before[1])) \
+    -v tool=$((SNAP[2] - before[2])) -v t0="${before[3]}" -v t1="${SNAP[3]}" -v hz="$HZ" \
+    'BEGIN { w = t1 - t0; o = (all - members - tool) / hz / w; if (o < 0) o = 0;
+             printf "{\"other_cpu\":%.2f,\"own_cpu\":%.2f}", o, (members + tool) / hz / w }')
+  # The 1-minute load average right after the run: it includes the
+  # cluster and the load tool themselves.
+  LAST_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+  if [ "$rc" -gt 1 ]; then
+    die "ballast-bench exited $rc: $(cat "$out.err")"
+  fi
+  local round_json=$round
+  [[ "$round" =~ ^[0-9]+$ ]] || round_json=null
+  tail -n 1 "$out.txt" |
+    jq -c --arg system "$sys" --argjson round "$round_json" --arg wl "$name" --arg load "$LAST_LOAD" \
+      --argjson cpu "$cpu" '. + {system:$system, round:$round, wl:$wl, loadavg:$load} + $cpu' >>"$file"
+  tail -n 1 "$file" | jq -r '"  qps \(.qps)  p50 \(.p50_ms) ms  p99 \(.p99_ms) ms  errors \(.failed)  failed_run \(.failed_run)  CPUs: others \(.other_cpu), benchmark \(.own_cpu)"' >&2
+}
+
 run_workloads() { # system round
-  local sys=$1 round=$2 eps w name args rc load before cpu
-  eps=$(endpoints "$sys")
+  local sys=$1 round=$2 w name args
   for w in "${WORKLOADS[@]}"; do
     name=${w%%|*}
     args=${w#*|}
     if [ "$name" = range-l ]; then
       # The key the range workloads read (not measured).
-      "$BENCH_BIN" --endpoints "$eps" --total 1 --progress-interval 0 \
+      "$BENCH_BIN" --endpoints "$(endpoints "$sys")" --total 1 --progress-interval 0 \
         put --key-size "$KEY_SIZE" --val-size "$VAL_SIZE" >/dev/null
     fi
     wait_for_quiet "$sys round $round $name" "$QUIET_WAIT_RUN"
     log "$sys round $round: $name (load average $(cut -d' ' -f1-3 /proc/loadavg))"
     [ "$round" = 1 ] && echo "ballast-bench --endpoints <3 endpoints> $COMMON $args" >>"$WORK/results/cmd-$sys-workloads.txt"
-    rc=0
-    cpu_snapshot
-    before=("${SNAP[@]}")
     # shellcheck disable=SC2086 # word splitting of the argument lists is intended
-    "$BENCH_BIN" --endpoints "$eps" $COMMON $args \
-      >"$WORK/results/$sys-r$round-$name.txt" 2>"$WORK/results/$sys-r$round-$name.err" || rc=$?
-    cpu_snapshot
-    # CPUs used on average during the run: by everything else on the
-    # machine (other people's processes, and kernel threads; clamped at 0),
-    # and by the benchmark (members and load tool).
-    cpu=$(awk -v all=$((SNAP[0] - before[0])) -v members=$((SNAP[1] - before[1])) \
-      -v tool=$((SNAP[2] - before[2])) -v t0="${before[3]}" -v t1="${SNAP[3]}" -v hz="$HZ" \
-      'BEGIN { w = t1 - t0; o = (all - members - tool) / hz / w; if (o < 0) o = 0;
-               printf "{\"other_cpu\":%.2f,\"own_cpu\":%.2f}", o, (members + tool) / hz / w }')
-    # The 1-minute load average right after the run: it includes the
-    # cluster and the load tool themselves.
-    load=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$sys round $round $name: $load" >>"$LOADS"
-    if [ "$rc" -gt 1 ]; then
-      die "ballast-bench exited $rc: $(cat "$WORK/results/$sys-r$round-$name.err")"
-    fi
-    tail -n 1 "$WORK/results/$sys-r$round-$name.txt" |
-      jq -c --arg system "$sys" --argjson round "$round" --arg wl "$name" --arg load "$load" \
-        --argjson cpu "$cpu" '. + {system:$system, round:$round, wl:$wl, loadavg:$load} + $cpu' >>"$RESULTS"
-    tail -n 1 "$RESULTS" | jq -r '"  qps \(.qps)  p50 \(.p50_ms) ms  p99 \(.p99_ms) ms  errors \(.failed)  failed_run \(.failed_run)  CPUs: others \(.other_cpu), benchmark \(.own_cpu)"' >&2
+    bench_run "$sys" "$round" "$name" "$RESULTS" $COMMON $args
+    echo "$sys round $round $name: $LAST_LOAD" >>"$LOADS"
   done
+}
+
+# The million-key stage: a fresh cluster loaded with LOAD_KEYS puts of
+# VAL_SIZE bytes to LOAD_KEYS distinct keys (request n writes key n), then,
+# LOAD_SETTLE s later, its members' peak RSS and data-dir sizes.
+LOAD_ARGS="--conns $CONNS --clients $CLIENTS --timeout 5s --deadline ${LOAD_DEADLINE}s --progress-interval 10s --total $LOAD_KEYS put --key-size $KEY_SIZE --val-size $VAL_SIZE --key-space-size $LOAD_KEYS --sequential-keys"
+load_1m() { # system
+  local sys=$1
+  wait_for_quiet "$sys load-1m start" "$QUIET_WAIT"
+  start_cluster "$sys" 1m
+  log "$sys: loading $LOAD_KEYS keys (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  # shellcheck disable=SC2086 # word splitting of the argument list is intended
+  bench_run "$sys" 1m load "$LOAD_RUNS" $LOAD_ARGS
+  sleep "$LOAD_SETTLE"
+  record_members "$sys" null "$LOAD_MEMBERS" load-1m
+  jq -r --arg s "$sys" 'def mib: if . == null then "?" else . / 1024 | floor end;
+    select(.system == $s) | "  \(.member): peak RSS \(.vmhwm_kb | mib) MiB, data dir \(.du_kb | mib) MiB (apparent \(.apparent_kb | mib) MiB)"' "$LOAD_MEMBERS" >&2
+  stop_cluster
+  rm -rf "${WORK:?}/$sys"
 }
 
 # ---------------------------------------------------------------------------
@@ -315,11 +370,16 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "$sys round $round idle: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$IDLE_LOADS"
     start_cluster "$sys" "$round"
     run_workloads "$sys" "$round"
-    record_members "$sys" "$round"
+    record_members "$sys" "$round" "$MEMBERS"
     stop_cluster
     rm -rf "${WORK:?}/$sys"
   done
 done
+if [ "$LOAD_1M" = 1 ]; then
+  for sys in ballast etcd; do load_1m "$sys"; done
+  # The stage's put runs carry "stage" too, for `ballast-bench chart`.
+  jq -c '. + {stage: "load-1m"}' "$LOAD_RUNS" >"$LOAD_RUNS.tmp" && mv "$LOAD_RUNS.tmp" "$LOAD_RUNS"
+fi
 DURATION=$((SECONDS - T0))
 UPTIME_END=$(uptime)
 TOP_END=$(busiest)
@@ -419,12 +479,93 @@ MEMBERS_TABLE=$(jq -rs '
   group_by(.system + .member) | .[] |
   "| \(.[0].system) | \(.[0].member) | \(map(.vmhwm_kb) | max / 1024 | . * 10 | round / 10) | \(map(.du_kb) | max / 1024 | . * 10 | round / 10) | \(map(.apparent_kb) | max / 1024 | . * 10 | round / 10) |"' "$MEMBERS")
 
+# The million-key stage.
+LOAD_TITLE="$(echo "$LOAD_KEYS" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta') keys: peak RSS and data directory"
+LOAD_ANCHOR="$LOAD_KEYS-keys-peak-rss-and-data-directory"
+if [ "$LOAD_1M" = 1 ]; then
+  LOAD_RUNS_TABLE=$(jq -rs 'sort_by(.system) | .[] |
+    "| \(.system) | \(.ok) of \(.total) | \(.elapsed_s) | \(.qps) | \(.failed) | \(if .failed_run then "**failed run**" else "ok" end) | \(.other_cpu) |"' "$LOAD_RUNS")
+  LOAD_MEMBERS_TABLE=$(jq -rs --argjson keys "$LOAD_KEYS" '
+    def mib: if . == null then "–" else . / 1024 | . * 10 | round / 10 | tostring end;
+    sort_by(.system, .member) | .[] |
+    "| \(.system) | \(.member) | \(.vmhwm_kb | mib) | \(.du_kb | mib) | \(.apparent_kb | mib) | \(if .apparent_kb == null then "–" else .apparent_kb * 1024 / $keys | round end) |"' "$LOAD_MEMBERS")
+  METHOD_LOAD="After the rounds, one fresh cluster of each system is loaded with
+  $LOAD_KEYS keys, and its members' peak RSS and data-dir sizes are read (see
+  [$LOAD_TITLE](#$LOAD_ANCHOR))."
+  CHART_LOAD=" and after loading $LOAD_KEYS keys"
+  LOAD_SECTION="After the rounds, a fresh three-member cluster of each system (Ballast,
+then etcd; one at a time) is loaded with $LOAD_KEYS puts of $VAL_SIZE-byte random
+values to $LOAD_KEYS distinct keys of $KEY_SIZE bytes (\`--sequential-keys\`: request n
+writes key n), by $CLIENTS clients over $CONNS connections; $LOAD_SETTLE s after the
+last put, each member's peak RSS and data directory are read as above.
+
+\`\`\`sh
+ballast-bench --endpoints <3 endpoints> $LOAD_ARGS
+\`\`\`
+
+| system | puts done | time (s) | puts/s | failed requests | verdict | other CPU |
+|---|---|---|---|---|---|---|
+$LOAD_RUNS_TABLE
+
+| system | member | peak RSS (MiB) | data dir, allocated (MiB) | data dir, apparent (MiB) | apparent bytes per key |
+|---|---|---|---|---|---|
+$LOAD_MEMBERS_TABLE"
+else
+  LOAD_SECTION="Not measured in this run (\`LOAD_1M=0\`)."
+  METHOD_LOAD="The key-load stage was skipped in this run (\`LOAD_1M=0\`)."
+  CHART_LOAD=""
+fi
+
+# The charts, and the JSON lines they are drawn from (to draw them again:
+# ballast-bench chart --input ... --out-dir ...).
+mkdir -p "$CHART_DIR/data"
+cp "$RESULTS" "$CHART_DIR/data/runs.jsonl"
+cp "$MEMBERS" "$CHART_DIR/data/members.jsonl"
+CHART_INPUTS=(--input "$CHART_DIR/data/runs.jsonl" --input "$CHART_DIR/data/members.jsonl")
+rm -f "$CHART_DIR/data/load-1m.jsonl"
+if [ "$LOAD_1M" = 1 ]; then
+  cat "$LOAD_RUNS" "$LOAD_MEMBERS" >"$CHART_DIR/data/load-1m.jsonl"
+  CHART_INPUTS+=(--input "$CHART_DIR/data/load-1m.jsonl")
+fi
+rm -f "$CHART_DIR"/*.svg
+CHART_LINKS=""
+if CHARTS=$("$BENCH_BIN" chart "${CHART_INPUTS[@]}" --out-dir "$CHART_DIR" 2>"$WORK/results/chart.err"); then
+  CHART_REL=$(realpath -m --relative-to="$(dirname "$OUT")" "$CHART_DIR")
+  while read -r svg; do
+    name=$(basename "$svg")
+    case $name in
+      throughput.svg) alt="Throughput per workload, Ballast and etcd" ;;
+      latency-p99.svg) alt="p99 latency per workload, Ballast and etcd" ;;
+      rss.svg) alt="Peak RSS per member, Ballast and etcd" ;;
+      data-dir.svg) alt="Data directory per member, Ballast and etcd" ;;
+      *) alt=$name ;;
+    esac
+    CHART_LINKS+="![$alt]($CHART_REL/$name)"$'\n\n'
+    log "chart: $svg"
+  done <<<"$CHARTS"
+  CHART_LINKS+="Drawn by \`ballast-bench chart\` from this run's JSON lines, which are in
+[\`$CHART_REL/data/\`]($CHART_REL/data/): the bars are the medians over all valid
+runs (as in the first table) and, for the members, the highest at the end
+of the rounds$CHART_LOAD; under each group, Ballast's figure divided by
+etcd's."
+else
+  log "warning: no charts: $(cat "$WORK/results/chart.err")"
+  CHART_LINKS="No charts: \`ballast-bench chart\` failed ($(head -c 300 "$WORK/results/chart.err"))."
+fi
+
 CMD_BALLAST=$(cat "$WORK/results/cmd-ballast.txt")
 CMD_ETCD=$(cat "$WORK/results/cmd-etcd.txt")
 CMD_WORKLOADS=$(cat "$WORK/results/cmd-ballast-workloads.txt")
 
+# What follows the marker line in the existing doc (sections written by
+# hand) is kept, read now so that edits made during the run are kept too.
+KEEP_MARK='<!-- scripts/bench-compare.sh writes everything above this line; it keeps what follows when it runs again. -->'
+KEPT=""
+if [ -f "$OUT" ]; then
+  KEPT=$(awk -v m="$KEEP_MARK" 'found {print} $0 == m {found = 1}' "$OUT")
+fi
 mkdir -p "$(dirname "$OUT")"
-cat >"$OUT" <<EOF
+cat >"$OUT.tmp" <<EOF
 # Ballast against etcd 3.4: benchmarks
 
 Written by \`scripts/bench-compare.sh\` (\`make bench-compare\`) on $DATE;
@@ -460,6 +601,10 @@ A ratio above 1 means Ballast had more throughput (qps) or a higher p99
 latency (worse) than etcd. With so few runs, and runs this short, a
 difference of 10–15% between the two is within the spread of the runs
 (compare the rounds under [Every run](#every-run)).
+
+### Charts
+
+$CHART_LINKS
 
 ## Machine
 
@@ -504,6 +649,7 @@ difference of 10–15% between the two is within the spread of the runs
   shaped like kube-apiserver's update: read the key's \`mod_revision\` r
   (linearizable), then \`Txn(if mod_revision == r then put else get)\`,
   on $KEY_SPACE keys (few conflicts).
+- $METHOD_LOAD
 - Peak RSS is \`VmHWM\` from \`/proc/<pid>/status\` at the end of a round
   (the highest over the rounds is shown). Data-dir size is \`du\` at the same
   time, as blocks allocated and as apparent size: etcd preallocates 64 MB
@@ -530,7 +676,7 @@ $CMD_WORKLOADS
 The whole comparison:
 
 \`\`\`sh
-ROUNDS=$ROUNDS CLIENTS=$CLIENTS CONNS=$CONNS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL TXN_TOTAL=$TXN_TOTAL scripts/bench-compare.sh
+ROUNDS=$ROUNDS CLIENTS=$CLIENTS CONNS=$CONNS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL TXN_TOTAL=$TXN_TOTAL LOAD_1M=$LOAD_1M LOAD_KEYS=$LOAD_KEYS scripts/bench-compare.sh
 \`\`\`
 
 ## Members: peak RSS and data directory
@@ -538,6 +684,10 @@ ROUNDS=$ROUNDS CLIENTS=$CLIENTS CONNS=$CONNS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$R
 | system | member | peak RSS (MiB) | data dir, allocated (MiB) | data dir, apparent (MiB) |
 |---|---|---|---|---|
 $MEMBERS_TABLE
+
+## $LOAD_TITLE
+
+$LOAD_SECTION
 
 ## Every run
 
@@ -548,7 +698,11 @@ $ROUNDS_TABLE
 Failed requests:
 
 $ERRORS_LIST
+
+$KEEP_MARK
 EOF
+if [ -n "$KEPT" ]; then printf '%s\n' "$KEPT" >>"$OUT.tmp"; fi
+mv "$OUT.tmp" "$OUT"
 log "wrote $OUT"
 jq -r --argjson order "$ORDER" '. as $all | $order[] as $w | ($all[] | select(.wl == $w)) |
   "\(.wl): ballast \(.ballast.qps) qps p99 \(.ballast.p99) ms | etcd \(.etcd.qps) qps p99 \(.etcd.p99) ms"' <<<"$SUMMARY" >&2

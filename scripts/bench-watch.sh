@@ -23,8 +23,9 @@ IDLE_WATCHERS=${IDLE_WATCHERS:-10000}
 BASE_PORT=${BASE_PORT:-9379}
 OUT=${OUT:-docs/benchmarks-watch-lease.md}
 ETCD_BIN=${ETCD_BIN:-/usr/bin/etcd}
-BALLAST_BIN=target/release/ballast
-BENCH=target/release/ballast-bench
+# Where cargo builds (CARGO_TARGET_DIR, if set).
+BALLAST_BIN=${CARGO_TARGET_DIR:-target}/release/ballast
+BENCH=${CARGO_TARGET_DIR:-target}/release/ballast-bench
 
 log() { echo "bench-watch: $*" >&2; }
 die() { log "error: $*"; exit 1; }

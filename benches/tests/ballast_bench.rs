@@ -289,3 +289,74 @@ fn bad_arguments_exit_2_without_a_report() {
     let (out, _) = bench(&["--smoke", "range", "k", "--consistency", "x"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// `chart` reads bench-compare's JSON lines, writes the SVG files and
+/// prints their paths; a missing or broken input is a usage error (2).
+#[test]
+fn chart_writes_svg_files_from_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs.jsonl");
+    let members = dir.path().join("members.jsonl");
+    std::fs::write(
+        &runs,
+        concat!(
+            r#"{"workload":"put","failed_run":false,"qps":1200.0,"p99_ms":20.5,"system":"ballast","round":1,"wl":"put","other_cpu":0.0}"#,
+            "\n",
+            r#"{"workload":"put","failed_run":false,"qps":1000.0,"p99_ms":25.0,"system":"etcd","round":1,"wl":"put","other_cpu":0.0}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &members,
+        r#"{"system":"ballast","round":1,"member":"m1","vmhwm_kb":51200,"du_kb":10240,"apparent_kb":10240}"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("charts");
+    let (out, _) = bench(&[
+        "chart",
+        "--input",
+        runs.to_str().unwrap(),
+        "--input",
+        members.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.success(), "stdout={} stderr={}", out.stdout, out.stderr);
+    let written: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(written.len(), 4, "{}", out.stdout);
+    for name in [
+        "throughput.svg",
+        "latency-p99.svg",
+        "rss.svg",
+        "data-dir.svg",
+    ] {
+        let path = out_dir.join(name);
+        assert!(written.contains(&path.to_str().unwrap()), "{}", out.stdout);
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+    }
+    let svg = std::fs::read_to_string(out_dir.join("throughput.svg")).unwrap();
+    for text in [
+        "1,200",
+        "1,000",
+        "Ballast/etcd 1.20×",
+        ">Ballast<",
+        ">etcd 3.4<",
+    ] {
+        assert!(svg.contains(text), "missing {text:?}: {svg}");
+    }
+
+    let (out, _) = bench(&["chart", "--input", "/nonexistent.jsonl", "--out-dir", "x"]);
+    assert_eq!(out.status.code(), Some(2), "stderr={}", out.stderr);
+    std::fs::write(&runs, "not json\n").unwrap();
+    let (out, _) = bench(&[
+        "chart",
+        "--input",
+        runs.to_str().unwrap(),
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stderr={}", out.stderr);
+    assert!(out.stderr.contains("not JSON"), "{}", out.stderr);
+}

@@ -7,6 +7,7 @@
 //! ballast-bench --clients 100 --total 20000 range 00000000 --consistency s
 //! ballast-bench --clients 100 --total 10000 txn-put --key-space-size 100000
 //! ballast-bench --smoke put          # 20 requests, 2 clients, 10 s deadline
+//! ballast-bench chart --input runs.jsonl --input members.jsonl --out-dir docs/benchmarks
 //! ```
 //!
 //! While it runs, a progress line goes to stderr every second. At the end it
@@ -14,11 +15,17 @@
 //! same figures. Exit status: 0 for a valid run, 1 for a failed run (more
 //! than `--max-error-ratio` of the requests failed, or none succeeded: the
 //! report says `failed_run: true`), 2 for bad arguments.
+//!
+//! `chart` sends no load: it draws SVG bar charts (Ballast against etcd per
+//! workload, and per member) from the JSON lines `scripts/bench-compare.sh`
+//! collects, and prints the path of each file written.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ballast_benches::compare::{write_charts, Results};
 use ballast_benches::duration;
 use ballast_benches::report::Report;
 use ballast_benches::rng::seed_from_time;
@@ -163,6 +170,53 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         leases: usize,
     },
+    /// No load: SVG charts (throughput.svg, latency-p99.svg, rss.svg,
+    /// data-dir.svg) from the JSON lines of a scripts/bench-compare.sh run;
+    /// prints the path of each file written.
+    Chart {
+        /// A JSON-lines file: run reports with system/round/wl, member
+        /// records, 1M-key load records. Repeat for several files.
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
+        /// Directory to write the SVG files into (created if needed).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Only runs during which the rest of the machine used fewer CPUs
+        /// than this (`other_cpu`); default: every valid run.
+        #[arg(long)]
+        max_other_cpu: Option<f64>,
+    },
+}
+
+/// `ballast-bench chart`.
+fn chart(input: &[PathBuf], out_dir: &std::path::Path, max_other_cpu: Option<f64>) -> ExitCode {
+    let results = match Results::read(input) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ballast-bench: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let scope = match max_other_cpu {
+        Some(c) => format!("quiet valid runs (others < {c} CPUs)"),
+        None => "all valid runs".to_string(),
+    };
+    match write_charts(&results, out_dir, max_other_cpu, &scope) {
+        Ok(paths) if paths.is_empty() => {
+            eprintln!("ballast-bench: error: no runs or member records in the input");
+            ExitCode::from(2)
+        }
+        Ok(paths) => {
+            for p in paths {
+                println!("{}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ballast-bench: error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
@@ -271,6 +325,7 @@ fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
             }
             Workload::LeaseKeepalive { leases: *leases }
         }
+        Cmd::Chart { .. } => return Err("chart sends no load".into()),
     };
     let opts = RunOptions {
         endpoints,
@@ -289,6 +344,14 @@ fn build(cli: Cli) -> Result<(RunOptions, Workload, f64), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Chart {
+        input,
+        out_dir,
+        max_other_cpu,
+    } = &cli.cmd
+    {
+        return chart(input, out_dir, *max_other_cpu);
+    }
     let (opts, workload, max_error_ratio) = match build(cli) {
         Ok(v) => v,
         Err(e) => {
