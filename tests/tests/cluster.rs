@@ -71,6 +71,32 @@ fn assert_distinct_revisions(acked: &[(String, i64)]) {
 // ---------------------------------------------------------------------------
 // 1. The leader is killed under write load.
 
+/// Stops `writers`, then checks that their acknowledged puts have distinct
+/// revisions and are all there, at those revisions, through a
+/// linearizable read on each of `members`; returns the puts.
+async fn stop_and_check_acked(
+    writers: Writers,
+    cluster: &Cluster,
+    members: &[usize],
+    prefix: &str,
+) -> Vec<ballast_e2e::cluster::Acked> {
+    let failed = writers.failed();
+    let errors = writers.errors();
+    let acked = writers.stop().await;
+    eprintln!(
+        "{} puts acknowledged, {failed} failed: {errors:?}",
+        acked.len()
+    );
+    assert_distinct_revisions(&acked);
+    for &i in members {
+        let mut c = cluster.member(i).connect(false).await;
+        check_acked(&mut c, prefix, &acked)
+            .await
+            .unwrap_or_else(|e| panic!("through {}: {e}", cluster.member(i).name()));
+    }
+    acked
+}
+
 /// Kills the leader and `followers` followers of a `size`-member cluster
 /// with `kill -9` under write load, checks the failover and every
 /// acknowledged put, restarts them and waits for every member to converge.
@@ -103,23 +129,9 @@ async fn kill_under_load(size: usize, followers: usize) {
 
     // The cluster keeps taking writes from the same clients.
     writers.wait_acked(at_kill + 150, WORK).await;
-    let failed = writers.failed();
-    let errors = writers.errors();
-    let acked = writers.stop().await;
-    eprintln!(
-        "{} puts acknowledged, {failed} failed: {errors:?}",
-        acked.len()
-    );
-    assert_distinct_revisions(&acked);
-
     // Every acknowledged put is there, at the revision it was acknowledged
     // with (linearizable reads through every surviving member).
-    for &i in &rest {
-        let mut c = cluster.member(i).connect(false).await;
-        check_acked(&mut c, "load", &acked)
-            .await
-            .unwrap_or_else(|e| panic!("through {}: {e}", cluster.member(i).name()));
-    }
+    let acked = stop_and_check_acked(writers, &cluster, &rest, "load").await;
 
     // The killed members come back and catch up.
     for &v in &victims {
@@ -519,20 +531,7 @@ async fn move_leader_under_write_load() {
         .await
         .expect("move-leader to the leader itself is a no-op");
 
-    let failed = writers.failed();
-    let errors = writers.errors();
-    let acked = writers.stop().await;
-    eprintln!(
-        "{} puts acknowledged, {failed} failed: {errors:?}",
-        acked.len()
-    );
-    assert_distinct_revisions(&acked);
-    for &i in &all {
-        let mut c = cluster.member(i).connect(false).await;
-        check_acked(&mut c, "moved", &acked)
-            .await
-            .unwrap_or_else(|e| panic!("through {}: {e}", cluster.member(i).name()));
-    }
+    stop_and_check_acked(writers, &cluster, &all, "moved").await;
     cluster.wait_converged(&all, WORK).await;
 }
 

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use ballast_proto::ballastpb::PreVoteRequest;
@@ -77,7 +77,7 @@ pub(crate) async fn drive_elections(node: Weak<RaftNode>, election: Duration) {
 impl RaftNode {
     /// One PreVote round; true if a majority of every configuration would
     /// vote for this member.
-    async fn pre_vote_round(&self, election: Duration) -> bool {
+    async fn pre_vote_round(self: &Arc<Self>, election: Duration) -> bool {
         let last = self.raft.data_metrics().borrow().last_log;
         let Ok(last_log_id) = bincode::serialize(&last) else {
             return false;
@@ -93,31 +93,32 @@ impl RaftNode {
                 .collect();
             (configs, nodes)
         };
-        let asks = nodes
-            .into_iter()
-            .filter(|(id, _)| *id != self.id())
-            .filter(|(id, _)| configs.iter().any(|c| c.contains(id)))
-            .map(|(id, node)| {
-                let req = PreVoteRequest {
-                    cluster_id: self.cluster_id(),
-                    candidate: self.id(),
-                    last_log_id: last_log_id.clone(),
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, node) in nodes {
+            if id == self.id() || !configs.iter().any(|c| c.contains(&id)) {
+                continue;
+            }
+            let me = self.clone();
+            let req = PreVoteRequest {
+                cluster_id: self.cluster_id(),
+                candidate: self.id(),
+                last_log_id: last_log_id.clone(),
+            };
+            asks.spawn(async move {
+                let Ok(mut client) = me.peer_client(id, &node) else {
+                    return (id, false);
                 };
-                async move {
-                    let Ok(mut client) = self.peer_client(id, &node) else {
-                        return (id, false);
-                    };
-                    let mut req = tonic::Request::new(req);
-                    req.set_timeout(election / 2);
-                    let granted = client
-                        .pre_vote(req)
-                        .await
-                        .map(|r| r.into_inner().granted)
-                        .unwrap_or(false);
-                    (id, granted)
-                }
+                let mut req = tonic::Request::new(req);
+                req.set_timeout(election / 2);
+                let granted = client
+                    .pre_vote(req)
+                    .await
+                    .map(|r| r.into_inner().granted)
+                    .unwrap_or(false);
+                (id, granted)
             });
-        let answers = futures_join_all(asks).await;
+        }
+        let answers = asks.join_all().await;
         let mut yes: BTreeSet<NodeId> = answers
             .into_iter()
             .filter(|(_, granted)| *granted)
@@ -147,36 +148,4 @@ impl RaftNode {
         tracing::debug!(candidate = %format!("{candidate:x}"), granted, "pre-vote");
         granted
     }
-}
-
-/// Awaits every future, concurrently.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // Poll all concurrently by joining them pairwise through a select loop.
-    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for slot in pending.iter_mut() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        out.push(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out
 }
