@@ -452,6 +452,17 @@ pub fn render(title: &str, events: &[Event], results: &[CheckResult]) -> String 
                 h.push_str(&timeline(f));
             }
         }
+        if let Some(wins) = r.details["windows"].as_array() {
+            for w in wins.iter().take(5) {
+                let _ = write!(
+                    h,
+                    "<h3>{}: {}</h3>",
+                    esc(&r.name),
+                    esc(w["title"].as_str().unwrap_or("?"))
+                );
+                h.push_str(&timeline(w));
+            }
+        }
         for field in ["problems", "lagging", "unknown", "crashes", "missing"] {
             if let Some(list) = r.details[field].as_array().filter(|l| !l.is_empty()) {
                 let _ = write!(h, "<h3>{}: {field}</h3><ul>", esc(&r.name));

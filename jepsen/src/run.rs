@@ -22,7 +22,9 @@ use crate::nemesis::{Fault, Nemesis};
 use crate::proxy::Proxy;
 use crate::report;
 use crate::rng::{self, Rng};
-use crate::workloads::{self, register::Registers, watch, Ctx, Generator, Workload};
+use crate::workloads::{
+    self, append::Appends, lock, register::Registers, watch, Ctx, Generator, Workload,
+};
 
 /// Everything a run needs.
 #[derive(Clone, Debug, Serialize)]
@@ -356,10 +358,16 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
     }
 
     let (client_stop, client_rx) = signal::channel(false);
-    let gen = Arc::new(if opts.workloads.contains(&Workload::Register) {
-        Generator::Register(Registers::new(opts.keys, opts.ops_per_key))
-    } else {
-        Generator::Puts(Default::default())
+    let gen = Arc::new(Generator {
+        register: opts
+            .workloads
+            .contains(&Workload::Register)
+            .then(|| Registers::new(opts.keys, opts.ops_per_key)),
+        append: opts
+            .workloads
+            .contains(&Workload::Append)
+            .then(|| Appends::new(opts.keys, opts.ops_per_key)),
+        puts: Default::default(),
     });
     let pace = if opts.rate > 0.0 {
         Duration::from_secs_f64(opts.concurrency as f64 / opts.rate)
@@ -386,6 +394,22 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
             ))
         })
         .collect();
+
+    let mut lockers = Vec::new();
+    if opts.workloads.contains(&Workload::Lock) {
+        for id in 0..lock::LOCKERS {
+            lockers.push(tokio::spawn(lock::locker(
+                recorder.clone(),
+                cluster.endpoints().to_vec(),
+                cluster.names().to_vec(),
+                id,
+                "0".into(),
+                rng.fork(1_000 + id as u64),
+                opts.op_timeout,
+                client_rx.clone(),
+            )));
+        }
+    }
 
     let nemesis = Nemesis::new(
         cluster.clone(),
@@ -430,7 +454,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
     }
 
     let _ = client_stop.send(true);
-    for w in workers {
+    for w in workers.into_iter().chain(lockers) {
         let abort = w.abort_handle();
         if tokio::time::timeout(opts.op_timeout + Duration::from_secs(5), w)
             .await
@@ -453,6 +477,10 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
                 .then_some(&*progress),
         )
         .await;
+        if let Some(a) = &gen.append {
+            let (ep, name) = (&cluster.endpoints()[0], &cluster.names()[0]);
+            workloads::append::final_reads(&recorder, ep, name, &a.keys()).await;
+        }
     })
     .await;
     was_interrupted |= healed.is_none();

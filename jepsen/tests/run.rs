@@ -1,5 +1,5 @@
 //! A short run of the `ballast-jepsen` binary against Ballast, with kills
-//! and partitions, the register and watch workloads: every checker must
+//! and partitions, every workload (register, append, lock, watch): every checker must
 //! say valid (exit status 0). Needs the `ballast` binary in the same
 //! target directory (`cargo build -p ballast-server`) or `$BALLAST_BIN`.
 
@@ -21,7 +21,7 @@ fn short_run_against_ballast_is_valid() {
             "--nodes",
             "3",
             "--workload",
-            "register,watch",
+            "register,append,lock,watch",
             "--nemesis",
             "kill,partition",
             "--time-limit",
@@ -47,6 +47,8 @@ fn short_run_against_ballast_is_valid() {
         .collect();
     for want in [
         "linearizable",
+        "append",
+        "lock",
         "watch",
         "committed-writes",
         "convergence",

@@ -1,7 +1,10 @@
-//! The harness catches a real bug: a Ballast build with the
+//! The harness catches real bugs: a Ballast build with the
 //! `fault-injection` feature, run with `BALLAST_FAULTS=stale-reads`
 //! (linearizable reads served locally, without ReadIndex), under
-//! partitions, must be reported not linearizable (exit status 1).
+//! partitions, must be reported not linearizable (exit status 1); run
+//! with `BALLAST_FAULTS=early-lease-expiry` (leases expire after a third
+//! of their TTL), the lock checker must flag it. The valid control runs
+//! are here (stale reads) and in `run.rs` (every workload, with faults).
 
 mod common;
 
@@ -78,4 +81,45 @@ fn same_run_without_the_fault_is_valid() {
     let (code, results) = partition_run(&faulty.to_string_lossy(), &[]);
     assert_eq!(code, Some(0), "results:\n{results}");
     assert_eq!(linearizable_verdict(&results), "valid", "{results}");
+}
+
+#[test]
+fn early_lease_expiry_is_flagged_by_the_lock_checker() {
+    let faulty = common::faulty_ballast_bin();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, results) = common::run_harness(
+        &[
+            "run",
+            "--db",
+            "ballast",
+            "--nodes",
+            "3",
+            "--workload",
+            "lock",
+            "--nemesis",
+            "none",
+            "--time-limit",
+            "10",
+            "--seed",
+            "7",
+            "--binary",
+            &faulty.to_string_lossy(),
+        ],
+        &[("BALLAST_FAULTS", "early-lease-expiry")],
+        &out,
+    );
+    assert_eq!(code, Some(1), "results:\n{results}");
+    let r: serde_json::Value = serde_json::from_str(&results).unwrap();
+    let lock = r["checkers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "lock")
+        .expect("lock checker");
+    assert_eq!(lock["verdict"], "invalid", "{lock}");
+    assert!(
+        lock["details"]["early_expiries"].as_u64().unwrap() > 0,
+        "{lock}"
+    );
 }

@@ -1,7 +1,9 @@
 //! Checkers: each reads the history and gives a verdict.
 
+pub mod append;
 pub mod cluster;
 pub mod linearizable;
+pub mod lock;
 pub mod register;
 pub mod watch;
 
@@ -82,6 +84,12 @@ pub fn check_all(events: &[Event], budget: Duration) -> Vec<CheckResult> {
             .iter()
             .any(|e| matches!(&e.process, Process::Named(n) if n.starts_with(prefix)))
     };
+    if ops.iter().any(|o| o.f == crate::workloads::append::F_TXN) {
+        out.push(append::check_append(events, &ops));
+    }
+    if named(crate::workloads::lock::PROCESS_PREFIX) {
+        out.push(lock::check_lock(events));
+    }
     if named("watch-") {
         out.push(watch::check_watch(events));
     }

@@ -80,7 +80,8 @@ fn to_lin(op: &Op) -> Result<Option<LinOp>, String> {
     }))
 }
 
-fn op_json(op: &Op) -> Value {
+/// One operation as the report draws it.
+pub(crate) fn op_json(op: &Op) -> Value {
     json!({
         "process": op.process,
         "f": op.f,
@@ -113,6 +114,14 @@ fn window(ops: &[&Op], stuck: usize) -> Vec<Value> {
     idx.sort_by_key(|&i| ops[i].start);
     idx.truncate(60);
     idx.into_iter().map(|i| op_json(ops[i])).collect()
+}
+
+/// The window (see `window`) around `op`, one of `ops`.
+pub(crate) fn window_around(ops: &[&Op], op: &Op) -> Vec<Value> {
+    match ops.iter().position(|o| std::ptr::eq(*o, op)) {
+        Some(i) => window(ops, i),
+        None => vec![op_json(op)],
+    }
 }
 
 /// Checks every key's register operations within `budget` in total.

@@ -7,6 +7,8 @@
 //! in Jepsen) and reconnects to another member (at random); so it does
 //! after a refused connection.
 
+pub mod append;
+pub mod lock;
 pub mod register;
 pub mod watch;
 
@@ -30,6 +32,10 @@ pub enum Workload {
     Register,
     /// A watcher on every member for the whole run.
     Watch,
+    /// Transactions that read lists and append to them.
+    Append,
+    /// A lease-based mutex with fencing tokens, as `etcdctl lock` builds it.
+    Lock,
 }
 
 /// What the workers share.
@@ -62,31 +68,45 @@ pub struct Planned {
 /// The result of an operation: completion type, value, error text.
 pub type Completion = (EventType, Value, Option<String>);
 
-/// What the workers do.
-pub enum Generator {
-    /// Register operations.
-    Register(register::Registers),
-    /// Blind puts (for a watch-only run).
-    Puts(watch::Puts),
+/// What the workers do: register operations, append transactions, or
+/// both (each operation one or the other at random); blind puts when
+/// neither runs (a watch-only or lock-only run).
+#[derive(Default)]
+pub struct Generator {
+    /// Register operations, if that workload runs.
+    pub register: Option<register::Registers>,
+    /// Append transactions, if that workload runs.
+    pub append: Option<append::Appends>,
+    /// Blind puts.
+    pub puts: watch::Puts,
 }
 
 impl Generator {
     fn next(&self, rng: &mut Rng) -> Planned {
-        match self {
-            Generator::Register(g) => g.next(rng),
-            Generator::Puts(g) => g.next(rng),
+        match (&self.register, &self.append) {
+            (Some(r), Some(a)) => {
+                if rng.chance(0.5) {
+                    r.next(rng)
+                } else {
+                    a.next(rng)
+                }
+            }
+            (Some(r), None) => r.next(rng),
+            (None, Some(a)) => a.next(rng),
+            (None, None) => self.puts.next(rng),
         }
     }
 
     async fn execute(&self, c: &mut Client, op: &Planned) -> Completion {
-        match self {
-            Generator::Register(_) => register::execute(c, op).await,
-            Generator::Puts(_) => watch::execute_put(c, op).await,
+        match op.f {
+            append::F_TXN => append::execute(c, op).await,
+            "put" => watch::execute_put(c, op).await,
+            _ => register::execute(c, op).await,
         }
     }
 
     fn observe(&self, op: &Planned, done: &Completion) {
-        if let Generator::Register(g) = self {
+        if let Some(g) = &self.register {
             g.observe(op, done);
         }
     }
