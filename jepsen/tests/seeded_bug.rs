@@ -49,15 +49,23 @@ fn partition_run(binary: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     )
 }
 
-fn linearizable_verdict(results: &str) -> String {
+/// The result of the checker `name` in `results.json`.
+fn checker(results: &str, name: &str) -> serde_json::Value {
     let r: serde_json::Value = serde_json::from_str(results).unwrap();
-    let lin = r["checkers"]
+    r["checkers"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "linearizable")
-        .expect("linearizable checker");
-    lin["verdict"].as_str().unwrap_or_default().to_string()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} checker in {results}"))
+        .clone()
+}
+
+fn linearizable_verdict(results: &str) -> String {
+    checker(results, "linearizable")["verdict"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -110,13 +118,7 @@ fn early_lease_expiry_is_flagged_by_the_lock_checker() {
         &out,
     );
     assert_eq!(code, Some(1), "results:\n{results}");
-    let r: serde_json::Value = serde_json::from_str(&results).unwrap();
-    let lock = r["checkers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "lock")
-        .expect("lock checker");
+    let lock = checker(&results, "lock");
     assert_eq!(lock["verdict"], "invalid", "{lock}");
     assert!(
         lock["details"]["early_expiries"].as_u64().unwrap() > 0,

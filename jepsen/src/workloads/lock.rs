@@ -34,6 +34,8 @@ use crate::client;
 use crate::history::{Event, EventType, Process, Recorder};
 use crate::rng::Rng;
 
+use super::pause;
+
 /// The error of a guarded write that found its lock key gone.
 pub const LOCK_LOST: &str = "lock-lost";
 
@@ -131,17 +133,6 @@ pub async fn locker(
                 _ = stop.changed() => {}
             }
         }
-    }
-}
-
-/// Sleeps `d` unless `stop` is raised; whether to go on.
-async fn pause(d: Duration, stop: &mut signal::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => !*stop.borrow(),
-        _ = stop.changed() => false,
     }
 }
 

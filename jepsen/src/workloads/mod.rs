@@ -119,7 +119,7 @@ pub fn failed(error: impl ToString) -> Completion {
 }
 
 /// Sleeps `d`, or less if `stop` is raised; whether to go on.
-async fn pause(d: Duration, stop: &mut signal::Receiver<bool>) -> bool {
+pub(crate) async fn pause(d: Duration, stop: &mut signal::Receiver<bool>) -> bool {
     if *stop.borrow() {
         return false;
     }
