@@ -443,11 +443,19 @@ pub fn render(title: &str, events: &[Event], results: &[CheckResult]) -> String 
             for f in fails.iter().take(5) {
                 let _ = write!(
                     h,
-                    "<h3>Not linearizable: key <code>{}</code></h3><p>Stuck at {} after linearizing {} ops; values possible before it: <code>{}</code></p>",
+                    "<h3>Not linearizable: key <code>{}</code></h3><p>Stuck at {} after linearizing {} ops; values possible before it: <code>{}</code>. {}</p>",
                     esc(f["key"].as_str().unwrap_or("?")),
                     esc(&op_label(&f["op"])),
                     f["linearized"],
-                    esc(&f["possible_values"].to_string())
+                    esc(&f["possible_values"].to_string()),
+                    if f["shrunk"] == true {
+                        format!(
+                            "The {} operations below are not linearizable on their own, whatever the key held before them (the smallest window found).",
+                            f["window"].as_array().map_or(0, Vec::len)
+                        )
+                    } else {
+                        "The operations around it:".to_string()
+                    }
                 );
                 h.push_str(&timeline(f));
             }

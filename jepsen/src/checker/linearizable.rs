@@ -209,8 +209,16 @@ impl Bits {
 
 /// Searches for a linearization of `ops` from an absent key.
 pub fn check(ops: &[LinOp], limits: Limits) -> Outcome {
+    check_from(ops, vec![None], limits)
+}
+
+/// Searches for a linearization of `ops` from any of the register values
+/// in `initial` (which must not be empty).
+pub fn check_from(ops: &[LinOp], mut initial: Vec<Option<u64>>, limits: Limits) -> Outcome {
     let mut list = Entries::new(ops);
-    let mut state: States = vec![None];
+    initial.sort_unstable();
+    initial.dedup();
+    let mut state: States = initial;
     let mut linearized = Bits::new(ops.len());
     let mut cache: HashSet<(Bits, States)> = HashSet::new();
     let mut stack: Vec<(usize, States)> = Vec::new();

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod linearizable;
 pub mod lock;
 pub mod register;
+pub mod shrink;
 pub mod watch;
 
 use std::time::Duration;

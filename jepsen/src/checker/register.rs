@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::linearizable::{check, Limits, LinOp, Outcome, RegOp, GARBLED};
+use super::shrink::shrink;
 use super::{CheckResult, Verdict};
 use crate::history::{EventType, Op};
 
@@ -169,12 +170,21 @@ pub fn check_registers(ops: &[Op], budget: Duration) -> CheckResult {
             Outcome::Unknown(why) => unknown.push(json!({ "key": key, "reason": why })),
             Outcome::NotLinearizable(f) => {
                 let stuck = origin[f.op];
+                // The smallest failing window if shrinking finishes in
+                // time, else the operations around the stuck one.
+                let until = Instant::now() + share.min(Duration::from_secs(10));
+                let shrunk = shrink(&lin, until).map(|w| {
+                    let mut ops: Vec<&Op> = w.iter().map(|&i| key_ops[origin[i]]).collect();
+                    ops.sort_by_key(|o| o.start);
+                    ops.into_iter().map(op_json).collect::<Vec<_>>()
+                });
                 failures.push(json!({
                     "key": key,
                     "op": op_json(key_ops[stuck]),
                     "linearized": f.linearized,
                     "possible_values": f.states,
-                    "window": window(key_ops, stuck),
+                    "shrunk": shrunk.is_some(),
+                    "window": shrunk.unwrap_or_else(|| window(key_ops, stuck)),
                 }));
             }
         }
