@@ -279,10 +279,10 @@ mod tests {
         let r = check_registers(&h, Duration::from_secs(5));
         assert_eq!(r.verdict, Verdict::Invalid, "{r:?}");
         assert_eq!(r.details["failures"][0]["key"], "k");
-        assert!(!r.details["failures"][0]["window"]
-            .as_array()
-            .unwrap()
-            .is_empty());
+        // Shrunk to the cas that found another value and what it needs.
+        assert_eq!(r.details["failures"][0]["shrunk"], true, "{r:?}");
+        let w = r.details["failures"][0]["window"].as_array().unwrap();
+        assert!(!w.is_empty() && w.len() < h.len(), "{w:?}");
     }
 
     #[test]
