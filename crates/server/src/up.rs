@@ -1,7 +1,8 @@
 //! `ballast up`: a local three-member cluster on 127.0.0.1, as etcd's
 //! Procfile runs one (client ports 2379/22379/32379, peer ports
-//! 2380/22380/32380), each member its own process, and the API facade in
-//! this process (127.0.0.1:8080) in front of them.
+//! 2380/22380/32380, or `--client-ports`/`--peer-ports`), each member its
+//! own process, and the API facade in this process (127.0.0.1:8080) in
+//! front of them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,6 +36,14 @@ pub struct UpConfig {
     /// Start only the etcd members, without the API facade.
     #[arg(long)]
     pub no_apiserver: bool,
+
+    /// The members' client ports on 127.0.0.1, three, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [2379, 22379, 32379])]
+    pub client_ports: Vec<u16>,
+
+    /// The members' peer ports on 127.0.0.1, three, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [2380, 22380, 32380])]
+    pub peer_ports: Vec<u16>,
 }
 
 /// One member of the local cluster.
@@ -44,21 +53,45 @@ struct LocalMember {
     peer_port: u16,
 }
 
-const MEMBERS: [(&str, u16, u16); 3] = [
-    ("infra1", 2379, 2380),
-    ("infra2", 22379, 22380),
-    ("infra3", 32379, 32380),
-];
+/// The members' names.
+const NAMES: [&str; 3] = ["infra1", "infra2", "infra3"];
 
-fn members() -> Vec<LocalMember> {
-    MEMBERS
+/// The three members on the configured ports; an error if there are not
+/// three of each or a port repeats.
+fn members(cfg: &UpConfig) -> anyhow::Result<Vec<LocalMember>> {
+    if cfg.client_ports.len() != NAMES.len() || cfg.peer_ports.len() != NAMES.len() {
+        bail!(
+            "--client-ports and --peer-ports take {} ports each (got {} and {})",
+            NAMES.len(),
+            cfg.client_ports.len(),
+            cfg.peer_ports.len()
+        );
+    }
+    let mut all: Vec<u16> = cfg
+        .client_ports
         .iter()
-        .map(|(n, c, p)| LocalMember {
+        .chain(&cfg.peer_ports)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
+        bail!(
+            "port {} is given twice in --client-ports/--peer-ports",
+            w[0]
+        );
+    }
+    if all.contains(&0) {
+        bail!("port 0 is not a port a member can advertise; give real ports");
+    }
+    Ok(NAMES
+        .iter()
+        .zip(cfg.client_ports.iter().zip(&cfg.peer_ports))
+        .map(|(n, (c, p))| LocalMember {
             name: n.to_string(),
             client_port: *c,
             peer_port: *p,
         })
-        .collect()
+        .collect())
 }
 
 /// The children, stopped (SIGTERM, then SIGKILL) when dropped.
@@ -125,7 +158,7 @@ pub async fn run(
     std::fs::create_dir_all(&cfg.dir)
         .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
     let exe = std::env::current_exe().context("cannot find the ballast executable")?;
-    let ms = members();
+    let ms = members(&cfg)?;
     for m in &ms {
         for port in [m.client_port, m.peer_port] {
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
