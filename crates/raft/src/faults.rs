@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `stale-reads` | linearizable reads are served locally, without ReadIndex |
 //! | `early-lease-expiry` | the leader expires leases after a third of their TTL |
+//! | `drop-watch-event` | one watch event per member process is never delivered |
 
 /// Which deliberate bugs are on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,6 +17,9 @@ pub struct Faults {
     pub stale_reads: bool,
     /// Lease deadlines are a third of the TTL.
     pub early_lease_expiry: bool,
+    /// Exactly one event this process sends on its gRPC watch streams
+    /// (ballast-server's `watch::DROPPED_WATCH_EVENT`-th) is left out.
+    pub drop_watch_event: bool,
 }
 
 /// The environment variable naming the faults to turn on.
@@ -26,6 +30,7 @@ impl Faults {
     pub const NONE: Faults = Faults {
         stale_reads: false,
         early_lease_expiry: false,
+        drop_watch_event: false,
     };
 
     /// Parses a comma-separated list of fault names.
@@ -35,9 +40,10 @@ impl Faults {
             match name {
                 "stale-reads" => f.stale_reads = true,
                 "early-lease-expiry" => f.early_lease_expiry = true,
+                "drop-watch-event" => f.drop_watch_event = true,
                 other => {
                     return Err(format!(
-                        "unknown fault {other:?} in {FAULTS_ENV} (known: stale-reads, early-lease-expiry)"
+                        "unknown fault {other:?} in {FAULTS_ENV} (known: stale-reads, early-lease-expiry, drop-watch-event)"
                     ))
                 }
             }
@@ -96,7 +102,18 @@ mod tests {
     fn fault_lists_parse() {
         assert_eq!(Faults::parse("").unwrap(), Faults::NONE);
         let f = Faults::parse("stale-reads, ").unwrap();
-        assert!(f.stale_reads && !f.early_lease_expiry);
-        assert!(Faults::parse("stale-reads,bogus").is_err());
+        assert!(f.stale_reads && !f.early_lease_expiry && !f.drop_watch_event);
+        let f = Faults::parse(" drop-watch-event ,early-lease-expiry").unwrap();
+        assert_eq!(
+            f,
+            Faults {
+                drop_watch_event: true,
+                early_lease_expiry: true,
+                ..Faults::NONE
+            }
+        );
+        assert!(f.any());
+        let err = Faults::parse("stale-reads,bogus").unwrap_err();
+        assert!(err.contains("drop-watch-event"), "{err}");
     }
 }

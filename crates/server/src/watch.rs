@@ -24,6 +24,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +35,7 @@ use ballast_proto::etcdserverpb::watch_server::Watch;
 use ballast_proto::etcdserverpb::{
     ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
 };
+use ballast_proto::mvccpb::Event;
 use ballast_raft::RaftNode;
 use parking_lot::Mutex;
 use prost::Message;
@@ -54,6 +56,14 @@ const SEND_BUFFER: usize = 16;
 const DRAIN_BATCH: usize = 64;
 /// Election timeouts without a leader after which a `hasleader` stream ends.
 const NO_LEADER_CHECKS: u32 = 3;
+/// With the `drop-watch-event` fault on (`BALLAST_FAULTS`, builds with
+/// the `fault-injection` feature only), the ordinal, counted from 1 over
+/// every watch stream of the process, of the one event that is never sent:
+/// late enough that a test's watchers are open, early enough that any run
+/// with a few writes reaches it. A response left empty is not sent.
+pub const DROPPED_WATCH_EVENT: u64 = 50;
+/// Events counted towards [`DROPPED_WATCH_EVENT`] (only with the fault on).
+static WATCH_EVENTS_SENT: AtomicU64 = AtomicU64::new(0);
 
 /// Parses a Go duration (`time.ParseDuration`): a sequence of decimal
 /// numbers, each with an optional fraction and a unit among `ns`, `us`
@@ -377,7 +387,21 @@ impl Session {
                 resp.canceled = true;
                 resp.cancel_reason = reason;
             }
-            MessageKind::Events(events) => {
+            MessageKind::Events(mut events) => {
+                if ballast_raft::faults().drop_watch_event {
+                    if let Some(gone) =
+                        drop_nth_event(&mut events, &WATCH_EVENTS_SENT, DROPPED_WATCH_EVENT)
+                    {
+                        tracing::warn!(
+                            watch_id = m.watch_id,
+                            revision = gone.kv.as_ref().map_or(0, |kv| kv.mod_revision),
+                            "drop-watch-event fault: a watch event is not sent"
+                        );
+                        if events.is_empty() {
+                            return Vec::new();
+                        }
+                    }
+                }
                 resp.events = events;
                 if m.fragment {
                     return fragments(resp, self.fragment_bytes);
@@ -483,6 +507,17 @@ pub fn fragments(resp: WatchResponse, max: usize) -> Vec<WatchResponse> {
     }
 }
 
+/// Counts `events` as sent after the `sent` before them and removes the
+/// one whose ordinal (from 1) is `nth`, if it is among them.
+fn drop_nth_event(events: &mut Vec<Event>, sent: &AtomicU64, nth: u64) -> Option<Event> {
+    if events.is_empty() {
+        return None;
+    }
+    let before = sent.fetch_add(events.len() as u64, Ordering::Relaxed);
+    let index = nth.checked_sub(before)?.checked_sub(1)?;
+    (index < events.len() as u64).then(|| events.remove(index as usize))
+}
+
 /// `interval` plus up to a tenth of it, so that streams created together
 /// do not all tick together (as etcd).
 fn jittered(interval: Duration) -> Duration {
@@ -495,7 +530,7 @@ fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ballast_proto::mvccpb::{Event, KeyValue};
+    use ballast_proto::mvccpb::KeyValue;
 
     #[test]
     fn go_durations() {
@@ -578,5 +613,36 @@ mod tests {
         }
         let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
         assert_eq!(joined, resp.events);
+    }
+
+    #[test]
+    fn exactly_the_nth_event_is_dropped() {
+        let sent = AtomicU64::new(0);
+        let keys = |evs: &[Event]| -> Vec<Vec<u8>> {
+            evs.iter()
+                .map(|e| e.kv.as_ref().unwrap().key.clone())
+                .collect()
+        };
+        let mut kept = Vec::new();
+        // Responses of 3, 0, 4 and 1 events: the 5th overall is the 2nd
+        // of the third response.
+        for (r, n) in [3, 0, 4, 1].into_iter().enumerate() {
+            let mut evs: Vec<Event> = (0..n).map(|i| event(&format!("r{r}e{i}"), 1)).collect();
+            let gone = drop_nth_event(&mut evs, &sent, 5);
+            assert_eq!(gone.is_some(), r == 2, "response {r}");
+            if let Some(g) = gone {
+                assert_eq!(g.kv.unwrap().key, b"r2e1");
+            }
+            kept.extend(keys(&evs));
+        }
+        assert_eq!(kept.len(), 7);
+        assert!(!kept.contains(&b"r2e1".to_vec()));
+        // Past it, nothing more is dropped; a lone nth event empties its
+        // response.
+        let mut evs = vec![event("late", 1)];
+        assert!(drop_nth_event(&mut evs, &sent, 5).is_none() && evs.len() == 1);
+        let sent = AtomicU64::new(4);
+        let mut evs = vec![event("only", 1)];
+        assert!(drop_nth_event(&mut evs, &sent, 5).is_some() && evs.is_empty());
     }
 }
