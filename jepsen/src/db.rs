@@ -1,7 +1,9 @@
 //! The database under test: N member processes of Ballast or etcd on
 //! 127.0.0.1, started with etcd's flags, each with its data directory and
 //! log in the run directory; killed (`SIGKILL`), restarted on the same
-//! data directory, paused (`SIGSTOP`) and resumed (`SIGCONT`).
+//! data directory, paused (`SIGSTOP`) and resumed (`SIGCONT`); removed
+//! from the cluster (Cluster API `MemberRemove`), wiped and added back
+//! (`MemberAdd`, then started with `--initial-cluster-state existing`).
 //!
 //! Every member is killed when the [`Cluster`] is dropped (also while
 //! unwinding from a panic), and asks the kernel to kill it should the
@@ -22,6 +24,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::client;
+use crate::history::EventType;
 use crate::proxy::PidTable;
 use crate::rng::Rng;
 
@@ -102,10 +105,16 @@ pub struct Member {
     pub name: String,
     /// `http://127.0.0.1:PORT` for clients.
     pub endpoint: String,
+    /// The peer URL it advertises (its proxy's).
+    pub peer_url: String,
+    data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
     child: Option<Child>,
     paused: bool,
+    /// Its exit is the harness's doing (it is being removed from the
+    /// cluster, and etcd stops a removed member): not a crash.
+    exit_expected: bool,
 }
 
 fn url(port: u16) -> String {
@@ -127,6 +136,33 @@ pub struct Cluster {
     pids: PidTable,
     names: Vec<String>,
     endpoints: Vec<String>,
+    peer_urls: Vec<String>,
+}
+
+/// How long one Cluster API call may take.
+const MEMBER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Cluster API error worth retrying: the cluster is busy, without a
+/// leader, or not yet healthy enough for a reconfiguration (etcd's
+/// `--strict-reconfig-check`), or the call timed out.
+fn transient(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    [
+        "unhealthy cluster",
+        "not enough started members",
+        "no leader",
+        "leader changed",
+        "timed out",
+        "timeout",
+        "unavailable",
+        "connection refused",
+        "tcp connect error",
+        "too many requests",
+        "not leader",
+        "transport",
+    ]
+    .iter()
+    .any(|p| e.contains(p))
 }
 
 impl Cluster {
@@ -179,11 +215,14 @@ impl Cluster {
             }
             members.push(Member {
                 endpoint: url(client),
+                peer_url: url(proxy),
+                data_dir,
                 log_path: spec.dir.join(format!("{name}.log")),
                 name,
                 args,
                 child: None,
                 paused: false,
+                exit_expected: false,
             });
         }
         Ok(Cluster {
@@ -191,6 +230,7 @@ impl Cluster {
             binary: spec.binary.clone(),
             names: members.iter().map(|m| m.name.clone()).collect(),
             endpoints: members.iter().map(|m| m.endpoint.clone()).collect(),
+            peer_urls: members.iter().map(|m| m.peer_url.clone()).collect(),
             members: Mutex::new(members),
             pids: Arc::new(Mutex::new(vec![None; n])),
         })
@@ -239,6 +279,11 @@ impl Cluster {
     /// Client endpoints, by member.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
+    }
+
+    /// Advertised peer URLs (the proxies'), by member.
+    pub fn peer_urls(&self) -> &[String] {
+        &self.peer_urls
     }
 
     /// Log files, by member.
@@ -349,24 +394,234 @@ impl Cluster {
     }
 
     /// Members whose process exited although nobody killed it, with the
-    /// exit status; they count as down from now on.
+    /// exit status; they count as down from now on. Members whose exit is
+    /// expected ([`Cluster::set_exit_expected`]) are reaped silently.
     pub fn reap_exited(&self) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         let mut members = self.lock();
+        let mut gone = Vec::new();
         for (i, m) in members.iter_mut().enumerate() {
             if let Some(c) = m.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     m.child = None;
                     m.paused = false;
-                    out.push((i, status.to_string()));
+                    gone.push(i);
+                    if !m.exit_expected {
+                        out.push((i, status.to_string()));
+                    }
                 }
             }
         }
         drop(members);
-        for (i, _) in &out {
-            self.set_pid(*i, None);
+        for i in gone {
+            self.set_pid(i, None);
         }
         out
+    }
+
+    /// Whether member `i`'s exit would be the harness's doing (a member
+    /// being removed: etcd stops a member once it is removed); such an
+    /// exit is not reported by [`Cluster::reap_exited`].
+    pub fn set_exit_expected(&self, i: usize, expected: bool) {
+        if let Some(m) = self.lock().get_mut(i) {
+            m.exit_expected = expected;
+        }
+    }
+
+    /// Empties member `i`'s data directory (it must be down).
+    ///
+    /// # Errors
+    /// If it is running or the directory cannot be recreated.
+    pub fn wipe(&self, i: usize) -> anyhow::Result<()> {
+        let members = self.lock();
+        let m = members.get(i).context("no such member")?;
+        if m.child.is_some() {
+            bail!("{} is running; not wiping its data", m.name);
+        }
+        match std::fs::remove_dir_all(&m.data_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("{}", m.data_dir.display())),
+        }
+        std::fs::create_dir_all(&m.data_dir).with_context(|| format!("{}", m.data_dir.display()))
+    }
+
+    /// From now on member `i` starts as a member joining a running
+    /// cluster: `--initial-cluster-state existing` with `initial_cluster`
+    /// (after the first start both flags are ignored, by etcd as by
+    /// Ballast).
+    pub fn set_joining(&self, i: usize, initial_cluster: &str) {
+        let mut members = self.lock();
+        let Some(m) = members.get_mut(i) else { return };
+        let mut k = 0;
+        while k + 1 < m.args.len() {
+            match m.args[k].as_str() {
+                "--initial-cluster" => m.args[k + 1] = initial_cluster.to_string(),
+                "--initial-cluster-state" => m.args[k + 1] = "existing".into(),
+                _ => {}
+            }
+            k += 1;
+        }
+    }
+
+    /// The `--initial-cluster` of `members` (`(id, peer URLs)`, as listed by
+    /// the Cluster API), each named after the member of ours with that peer
+    /// URL (a member that has not published its name yet is listed without
+    /// one); `None` if a URL is not one of ours.
+    pub fn initial_cluster_of(&self, members: &[(u64, Vec<String>)]) -> Option<String> {
+        let mut parts = Vec::new();
+        for (_, urls) in members {
+            for u in urls {
+                let i = self.peer_urls.iter().position(|p| p == u)?;
+                parts.push(format!("{}={u}", self.names[i]));
+            }
+        }
+        parts.sort();
+        Some(parts.join(","))
+    }
+
+    /// Member `i`'s current member ID (from its status).
+    ///
+    /// # Errors
+    /// If it does not answer.
+    pub async fn member_id(&self, i: usize) -> Result<u64, String> {
+        client::status(&self.endpoints[i]).await.map(|s| s.id)
+    }
+
+    /// The members as member `via` lists them: `(id, peer URLs)`.
+    ///
+    /// # Errors
+    /// If it does not answer.
+    pub async fn member_list(&self, via: usize) -> Result<Vec<(u64, Vec<String>)>, String> {
+        let mut c = client::connect(&self.endpoints[via], MEMBER_CALL_TIMEOUT).await?;
+        let r = client::timed(MEMBER_CALL_TIMEOUT, c.member_list()).await?;
+        Ok(r.members()
+            .iter()
+            .map(|m| (m.id(), m.peer_urls().to_vec()))
+            .collect())
+    }
+
+    /// Removes the member with ID `id` through member `via`, retrying
+    /// transient errors until `deadline`. `Ok` once it is not a member
+    /// (also when it already was not: an earlier attempt of unknown
+    /// outcome went through); `Err((Fail, ..))` if it certainly stays a
+    /// member, `Err((Info, ..))` if that is unknown.
+    pub async fn remove(
+        &self,
+        via: usize,
+        id: u64,
+        deadline: Instant,
+    ) -> Result<(), (EventType, String)> {
+        let mut last: String;
+        let mut maybe = false;
+        loop {
+            let attempt = async {
+                let mut c = client::connect(&self.endpoints[via], MEMBER_CALL_TIMEOUT).await?;
+                client::timed(MEMBER_CALL_TIMEOUT, c.member_remove(id)).await
+            };
+            match attempt.await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.contains("member not found") => return Ok(()),
+                Err(e) => {
+                    maybe |= client::classify(&e) == EventType::Info;
+                    if !transient(&e) {
+                        return Err((
+                            if maybe {
+                                EventType::Info
+                            } else {
+                                EventType::Fail
+                            },
+                            e,
+                        ));
+                    }
+                    last = e;
+                }
+            }
+            // Gone meanwhile (an attempt that timed out went through)?
+            if let Ok(list) = self.member_list(via).await {
+                if list.iter().all(|(m, _)| *m != id) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() + Duration::from_millis(500) >= deadline {
+                let kind = if maybe {
+                    EventType::Info
+                } else {
+                    EventType::Fail
+                };
+                return Err((kind, last));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Adds member `i` (its usual peer URL) back through member `via`,
+    /// retrying transient errors until `deadline`; a member already added
+    /// with that URL by an earlier attempt (not started yet) is taken as
+    /// it is, unless its ID is `old` (the removed one, which must be gone
+    /// first). Returns the new member ID and the member list.
+    ///
+    /// # Errors
+    /// The last error (with whether the member may have been added).
+    pub async fn add(
+        &self,
+        via: usize,
+        i: usize,
+        old: u64,
+        deadline: Instant,
+    ) -> Result<(u64, Vec<(u64, Vec<String>)>), (EventType, String)> {
+        let url = self.peer_urls[i].clone();
+        let mut last: String;
+        let mut maybe = false;
+        loop {
+            let attempt = async {
+                let mut c = client::connect(&self.endpoints[via], MEMBER_CALL_TIMEOUT).await?;
+                client::timed(MEMBER_CALL_TIMEOUT, c.member_add([url.as_str()], None)).await
+            };
+            match attempt.await {
+                Ok(r) => {
+                    let id = r.member().map(|m| m.id()).unwrap_or_default();
+                    let mut list: Vec<(u64, Vec<String>)> = r
+                        .member_list()
+                        .iter()
+                        .map(|m| (m.id(), m.peer_urls().to_vec()))
+                        .collect();
+                    if !list.iter().any(|(m, _)| *m == id) {
+                        list.push((id, vec![url.clone()]));
+                    }
+                    return Ok((id, list));
+                }
+                Err(e) => {
+                    maybe |= client::classify(&e) == EventType::Info;
+                    if !transient(&e) && !e.contains("already exist") {
+                        return Err((
+                            if maybe {
+                                EventType::Info
+                            } else {
+                                EventType::Fail
+                            },
+                            e,
+                        ));
+                    }
+                    last = e;
+                }
+            }
+            // Added meanwhile (an attempt that timed out went through)?
+            if let Ok(list) = self.member_list(via).await {
+                if let Some(&(id, _)) = list.iter().find(|(m, u)| *m != old && u.contains(&url)) {
+                    return Ok((id, list));
+                }
+            }
+            if Instant::now() + Duration::from_millis(500) >= deadline {
+                let kind = if maybe {
+                    EventType::Info
+                } else {
+                    EventType::Fail
+                };
+                return Err((kind, last));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// The last `n` lines of member `i`'s log.
@@ -485,5 +740,86 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(dir: &Path) -> Cluster {
+        Cluster::new(&ClusterSpec {
+            db: DbKind::Etcd,
+            binary: PathBuf::from("/bin/false"),
+            dir: dir.to_path_buf(),
+            token: "t".into(),
+            heartbeat_ms: 100,
+            election_ms: 1000,
+            ports: vec![(1001, 1002, 1003), (2001, 2002, 2003), (3001, 3002, 3003)],
+        })
+        .unwrap()
+    }
+
+    fn flag<'a>(args: &'a [String], name: &str) -> &'a str {
+        let k = args.iter().position(|a| a == name).unwrap();
+        &args[k + 1]
+    }
+
+    #[test]
+    fn a_returning_member_joins_the_existing_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path());
+        let args = c.lock()[1].args.clone();
+        assert_eq!(flag(&args, "--initial-cluster-state"), "new");
+        assert_eq!(
+            flag(&args, "--initial-advertise-peer-urls"),
+            "http://127.0.0.1:2003"
+        );
+        let list = vec![
+            (7, vec!["http://127.0.0.1:3003".to_string()]),
+            (9, vec!["http://127.0.0.1:2003".to_string()]),
+            (8, vec!["http://127.0.0.1:1003".to_string()]),
+        ];
+        let ic = c.initial_cluster_of(&list).unwrap();
+        assert_eq!(
+            ic,
+            "n1=http://127.0.0.1:1003,n2=http://127.0.0.1:2003,n3=http://127.0.0.1:3003"
+        );
+        assert_eq!(
+            c.initial_cluster_of(&[(1, vec!["http://127.0.0.1:9".into()])]),
+            None
+        );
+        c.set_joining(1, &ic);
+        let args = c.lock()[1].args.clone();
+        assert_eq!(flag(&args, "--initial-cluster-state"), "existing");
+        assert_eq!(flag(&args, "--initial-cluster"), ic);
+        // The others keep theirs.
+        assert_eq!(flag(&c.lock()[0].args, "--initial-cluster-state"), "new");
+        // Wiping leaves an empty data directory.
+        let data = dir.path().join("data").join("n2");
+        std::fs::write(data.join("x"), b"1").unwrap();
+        c.wipe(1).unwrap();
+        assert!(data.is_dir());
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn which_cluster_api_errors_are_retried() {
+        for e in [
+            "status: Unavailable, message: \"etcdserver: unhealthy cluster\"",
+            "etcdserver: re-configuration failed due to not enough started members",
+            "etcdserver: no leader",
+            "etcdserver: request timed out",
+            "timeout after 10s",
+        ] {
+            assert!(transient(e), "{e}");
+        }
+        for e in [
+            "status: FailedPrecondition, message: \"etcdserver: Peer URLs already exists\"",
+            "status: NotFound, message: \"etcdserver: member not found\"",
+            "status: InvalidArgument, message: \"etcdserver: given member URLs are invalid\"",
+        ] {
+            assert!(!transient(e), "{e}");
+        }
     }
 }

@@ -59,7 +59,8 @@ struct RunArgs {
         default_value = "register,watch"
     )]
     workload: Vec<Workload>,
-    /// Faults, comma-separated (`none` for no faults).
+    /// Faults, comma-separated: kill, pause, partition, bridge, member,
+    /// compact (`none` for no faults).
     #[arg(long, value_delimiter = ',', default_value = "kill,pause,partition")]
     nemesis: Vec<String>,
     /// How long the workload runs, in seconds.
@@ -111,15 +112,12 @@ struct RunArgs {
 fn faults(names: &[String]) -> Result<Vec<Fault>, String> {
     let mut out = Vec::new();
     for n in names.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        match n {
-            "none" => {}
-            "kill" => out.push(Fault::Kill),
-            "pause" => out.push(Fault::Pause),
-            "partition" => out.push(Fault::Partition),
-            other => {
-                return Err(format!(
-                    "unknown nemesis {other:?} (kill, pause, partition, none)"
-                ))
+        match Fault::parse(n) {
+            Some(f) => out.push(f),
+            None if n == "none" => {}
+            None => {
+                let all: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                return Err(format!("unknown nemesis {n:?} ({}, none)", all.join(", ")));
             }
         }
     }

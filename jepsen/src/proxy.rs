@@ -43,6 +43,66 @@ pub type PidTable = Arc<Mutex<Vec<Option<u32>>>>;
 /// A partition: the group of each member (members in one group talk).
 pub type Groups = Vec<usize>;
 
+/// Which members may talk to each other: a symmetric matrix, every member
+/// connected to itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Links(Vec<Vec<bool>>);
+
+impl Links {
+    /// Members in the same group talk, the others do not.
+    pub fn from_groups(groups: &[usize]) -> Links {
+        Links(
+            groups
+                .iter()
+                .map(|a| groups.iter().map(|b| a == b).collect())
+                .collect(),
+        )
+    }
+
+    /// Jepsen's bridge: `left` and `right` each talk among themselves and
+    /// to `bridge`, which talks to everyone; no link between the halves.
+    /// Members in none of the three are cut off from everyone.
+    pub fn bridge(n: usize, left: &[usize], bridge: usize, right: &[usize]) -> Links {
+        let side = |i: usize| {
+            if i == bridge {
+                Some(0)
+            } else if left.contains(&i) {
+                Some(1)
+            } else if right.contains(&i) {
+                Some(2)
+            } else {
+                None
+            }
+        };
+        Links(
+            (0..n)
+                .map(|a| {
+                    (0..n)
+                        .map(|b| {
+                            a == b
+                                || match (side(a), side(b)) {
+                                    (Some(x), Some(y)) => x == 0 || y == 0 || x == y,
+                                    _ => false,
+                                }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether `a` and `b` talk (unknown members do not).
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        a == b
+            || self
+                .0
+                .get(a)
+                .and_then(|r| r.get(b))
+                .copied()
+                .unwrap_or(false)
+    }
+}
+
 /// Counters of what the proxy did.
 #[derive(Debug, Default)]
 struct Stats {
@@ -71,17 +131,16 @@ pub struct ProxyStats {
 
 /// One proxy per member; dropping it closes every proxied connection.
 pub struct Proxy {
-    cut: watch::Sender<Option<Groups>>,
+    cut: watch::Sender<Option<Links>>,
     stats: Arc<Stats>,
     listeners: Vec<JoinHandle<()>>,
 }
 
 /// Whether traffic from `from` (unknown: `None`) to `to` is cut.
-fn is_cut(from: Option<usize>, to: usize, groups: &Option<Groups>) -> bool {
-    let Some(g) = groups else { return false };
+fn is_cut(from: Option<usize>, to: usize, links: &Option<Links>) -> bool {
+    let Some(l) = links else { return false };
     match from {
-        Some(f) if f == to => false,
-        Some(f) => g.get(f) != g.get(to),
+        Some(f) => !l.connected(f, to),
         None => true,
     }
 }
@@ -134,7 +193,12 @@ impl Proxy {
 
     /// Cuts the traffic between groups (`groups[i]` is member `i`'s).
     pub fn partition(&self, groups: Groups) {
-        self.cut.send_replace(Some(groups));
+        self.cut_links(Links::from_groups(&groups));
+    }
+
+    /// Cuts the traffic between members that `links` does not connect.
+    pub fn cut_links(&self, links: Links) {
+        self.cut.send_replace(Some(links));
     }
 
     /// Lets all traffic through again.
@@ -169,7 +233,7 @@ struct Conn {
     ours: SocketAddr,
     theirs: SocketAddr,
     backend: SocketAddr,
-    rx: watch::Receiver<Option<Groups>>,
+    rx: watch::Receiver<Option<Links>>,
     stats: Arc<Stats>,
     pids: PidTable,
 }
@@ -247,8 +311,8 @@ impl Conn {
     async fn serve(mut self, mut client: TcpStream) {
         let mut source = Source::spawn(&self);
         let _ = client.set_nodelay(true);
-        let groups = self.rx.borrow_and_update().clone();
-        if groups.is_some() {
+        let links = self.rx.borrow_and_update().clone();
+        if links.is_some() {
             let from = source.get().await;
             if is_cut(from, self.to, &self.rx.borrow_and_update().clone()) {
                 self.stats.blackholed.fetch_add(1, Ordering::Relaxed);
@@ -282,7 +346,7 @@ impl Conn {
 /// Waits until the connection from `source` to `to` is cut (`true`) or
 /// the proxy stops (`false`).
 async fn until_cut(
-    rx: &mut watch::Receiver<Option<Groups>>,
+    rx: &mut watch::Receiver<Option<Links>>,
     source: &mut Source,
     to: usize,
 ) -> bool {
@@ -290,8 +354,8 @@ async fn until_cut(
         if rx.changed().await.is_err() {
             return false;
         }
-        let groups = rx.borrow_and_update().clone();
-        if groups.is_some() && is_cut(source.get().await, to, &groups) {
+        let links = rx.borrow_and_update().clone();
+        if links.is_some() && is_cut(source.get().await, to, &links) {
             return true;
         }
     }
@@ -310,7 +374,7 @@ async fn read_some(s: &mut Option<TcpStream>, buf: &mut [u8]) -> std::io::Result
 async fn blackhole(
     mut a: Option<TcpStream>,
     mut b: Option<TcpStream>,
-    mut rx: watch::Receiver<Option<Groups>>,
+    mut rx: watch::Receiver<Option<Links>>,
     from: Option<usize>,
     to: usize,
 ) {
@@ -335,7 +399,7 @@ mod tests {
 
     #[test]
     fn cut_rules() {
-        let g = Some(vec![0, 1, 1]);
+        let g = Some(Links::from_groups(&[0, 1, 1]));
         assert!(!is_cut(Some(0), 1, &None));
         assert!(is_cut(Some(0), 1, &g));
         assert!(is_cut(Some(1), 0, &g));
@@ -343,6 +407,31 @@ mod tests {
         assert!(!is_cut(Some(0), 0, &g));
         assert!(is_cut(None, 2, &g));
         assert!(!is_cut(None, 2, &None));
+    }
+
+    #[test]
+    fn bridges() {
+        // Three members: n2 (1) bridges n1 (0) and n3 (2).
+        let b = Some(Links::bridge(3, &[0], 1, &[2]));
+        assert!(!is_cut(Some(0), 1, &b) && !is_cut(Some(1), 0, &b));
+        assert!(!is_cut(Some(2), 1, &b) && !is_cut(Some(1), 2, &b));
+        assert!(is_cut(Some(0), 2, &b) && is_cut(Some(2), 0, &b));
+        // Five: {0, 4} and {1, 3} joined only through 2.
+        let l = Links::bridge(5, &[0, 4], 2, &[1, 3]);
+        for (a, b, talk) in [
+            (0, 4, true),
+            (1, 3, true),
+            (0, 2, true),
+            (3, 2, true),
+            (0, 1, false),
+            (4, 3, false),
+            (4, 1, false),
+        ] {
+            assert_eq!(l.connected(a, b), talk, "{a} {b}");
+            assert_eq!(l.connected(b, a), talk, "{b} {a}");
+        }
+        assert!(!l.connected(0, 9));
+        assert!(l.connected(3, 3));
     }
 
     async fn echo_server() -> SocketAddr {
@@ -403,5 +492,28 @@ mod tests {
         assert_eq!(st.unknown_source, 0);
         assert_eq!(st.blackholed, 1);
         assert_eq!(st.cut_live, 1);
+    }
+
+    /// This test process is "member 0" of three; with member 1 as the
+    /// bridge, its connections to member 1 flow and those to member 2 are
+    /// black-holed.
+    #[tokio::test]
+    async fn a_bridge_cuts_only_across_the_halves() {
+        let backend = echo_server().await;
+        let ls: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+        let pids: PidTable = Arc::new(Mutex::new(vec![Some(std::process::id()), None, None]));
+        let proxy = Proxy::start(ls, vec![backend; 3], pids).unwrap();
+        proxy.cut_links(Links::bridge(3, &[0], 1, &[2]));
+        let mut to_bridge = TcpStream::connect(addrs[1]).await.unwrap();
+        assert!(roundtrip(&mut to_bridge).await);
+        let mut across = TcpStream::connect(addrs[2]).await.unwrap();
+        assert!(!roundtrip(&mut across).await);
+        proxy.heal();
+        let mut again = TcpStream::connect(addrs[2]).await.unwrap();
+        assert!(roundtrip(&mut again).await);
+        assert_eq!(proxy.stats().blackholed, 1);
     }
 }

@@ -55,10 +55,11 @@ fn names(v: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// "kill n2 (leader)", "partition n1 n3 | n2 (leader n2)".
+/// "kill n2 (leader)", "partition n1 n3 | n2 (leader n2)", "bridge n1 |
+/// n2 | n3 (leader n1)", "member-remove n2 (leader)".
 fn fault_label(e: &Event) -> String {
     let v = &e.value;
-    let what = if e.f == "partition" {
+    let what = if e.f == "partition" || e.f == "bridge" {
         let groups = v["groups"]
             .as_array()
             .map(|gs| gs.iter().map(names).collect::<Vec<_>>().join(" | "))
@@ -74,25 +75,45 @@ fn fault_label(e: &Event) -> String {
     format!("{} {what}", e.f)
 }
 
-/// The faults in force, from the nemesis events.
+/// The faults in force, from the nemesis events; a compaction lasts from
+/// its request to the end of the defragmentations after it.
 fn faults(events: &[Event], end: f64) -> Vec<Interval> {
     let mut out = Vec::new();
     let mut open: Option<(f64, String)> = None;
+    let mut compaction: Option<Interval> = None;
     for e in events
         .iter()
         .filter(|e| e.process == Process::named("nemesis"))
     {
         let t = e.time as f64 / 1e9;
         match (e.f.as_str(), e.kind) {
-            ("kill" | "pause" | "partition", EventType::Ok) => open = Some((t, fault_label(e))),
-            ("restart" | "resume" | "heal", EventType::Ok | EventType::Info) => {
+            ("kill" | "pause" | "partition" | "bridge", EventType::Ok) => {
+                open = Some((t, fault_label(e)))
+            }
+            // Removed, or perhaps: the member is out either way.
+            ("member-remove", EventType::Ok | EventType::Info) => open = Some((t, fault_label(e))),
+            ("restart" | "resume" | "heal" | "member-add", EventType::Ok | EventType::Info) => {
                 if let Some((from, label)) = open.take() {
                     out.push(Interval { from, to: t, label });
+                }
+            }
+            ("compact", EventType::Invoke) => {
+                out.extend(compaction.take());
+                compaction = Some(Interval {
+                    from: t,
+                    to: t,
+                    label: format!("compact at {}", e.value["revision"]),
+                });
+            }
+            ("compact" | "defragment", _) => {
+                if let Some(c) = compaction.as_mut() {
+                    c.to = t;
                 }
             }
             _ => {}
         }
     }
+    out.extend(compaction);
     if let Some((from, label)) = open {
         out.push(Interval {
             from,
@@ -100,6 +121,7 @@ fn faults(events: &[Event], end: f64) -> Vec<Interval> {
             label,
         });
     }
+    out.sort_by(|a, b| a.from.total_cmp(&b.from));
     out
 }
 
@@ -471,7 +493,14 @@ pub fn render(title: &str, events: &[Event], results: &[CheckResult]) -> String 
                 h.push_str(&timeline(w));
             }
         }
-        for field in ["problems", "lagging", "unknown", "crashes", "missing"] {
+        for field in [
+            "problems",
+            "lagging",
+            "unknown",
+            "crashes",
+            "missing",
+            "skipped_by_compaction",
+        ] {
             if let Some(list) = r.details[field].as_array().filter(|l| !l.is_empty()) {
                 let _ = write!(h, "<h3>{}: {field}</h3><ul>", esc(&r.name));
                 for p in list.iter().take(20) {
@@ -535,5 +564,47 @@ mod tests {
         assert!(html.contains("kill n1"));
         assert!(html.contains("t&lt;1&gt;"));
         assert!(html.contains("<svg"));
+    }
+
+    #[test]
+    fn new_faults_are_shaded() {
+        let at = |f: &str, kind, v: Value, t: u64| {
+            let mut e = Event::new(Process::named("nemesis"), kind, f, v);
+            e.time = t * 1_000_000_000;
+            e
+        };
+        let events = vec![
+            at("member-remove", EventType::Invoke, json!({"node": "n2"}), 1),
+            at(
+                "member-remove",
+                EventType::Ok,
+                json!({"node": "n2", "leader": true}),
+                2,
+            ),
+            at("member-add", EventType::Invoke, json!({"node": "n2"}), 4),
+            at("member-add", EventType::Ok, json!({"node": "n2"}), 5),
+            at("compact", EventType::Invoke, json!({"revision": 40}), 6),
+            at("compact", EventType::Ok, json!({"revision": 40}), 6),
+            at("defragment", EventType::Invoke, json!({"node": "n1"}), 6),
+            at("defragment", EventType::Ok, json!({"node": "n1"}), 7),
+            at(
+                "bridge",
+                EventType::Ok,
+                json!({"groups": [["n1"], ["n2"], ["n3"]], "bridge": "n2", "leader": "n1"}),
+                8,
+            ),
+            at("heal", EventType::Ok, Value::Null, 9),
+        ];
+        let f = faults(&events, 10.0);
+        let labels: Vec<(f64, f64, &str)> =
+            f.iter().map(|i| (i.from, i.to, i.label.as_str())).collect();
+        assert_eq!(
+            labels,
+            vec![
+                (2.0, 5.0, "member-remove n2 (leader)"),
+                (6.0, 7.0, "compact at 40"),
+                (8.0, 9.0, "bridge n1 | n2 | n3 (leader n1)"),
+            ]
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! everything, check the history and write the results.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,9 +197,14 @@ fn monitor(
 }
 
 /// The end-of-run probes, once every fault is healed: the revision all
-/// members reach, their HashKV there, their whole history, and the
-/// watchers catching up to it.
-async fn final_probes(cluster: &Cluster, recorder: &Recorder, progress: Option<&watch::Progress>) {
+/// members reach, their HashKV there, their history above the highest
+/// compaction (`compacted`, 0 if none), and the watchers catching up to it.
+async fn final_probes(
+    cluster: &Cluster,
+    recorder: &Recorder,
+    progress: Option<&watch::Progress>,
+    compacted: i64,
+) {
     if let Err(e) = cluster.wait_healthy(Duration::from_secs(30)).await {
         eprintln!("ballast-jepsen: after healing: {e:#}");
     }
@@ -247,6 +253,7 @@ async fn final_probes(cluster: &Cluster, recorder: &Recorder, progress: Option<&
             recorder,
             ep,
             &cluster.names()[i],
+            compacted + 1,
             target,
             Duration::from_secs(20),
         )
@@ -411,7 +418,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
         }
     }
 
-    let nemesis = Nemesis::new(
+    let mut nemesis = Nemesis::new(
         cluster.clone(),
         proxy.clone(),
         recorder.clone(),
@@ -419,7 +426,11 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
         rng.fork(u64::MAX),
         opts.nemesis_interval,
     );
+    if opts.workloads.contains(&Workload::Watch) {
+        nemesis = nemesis.with_watch_progress(progress.clone());
+    }
     let status = nemesis.status();
+    let compacted: Arc<AtomicI64> = nemesis.compacted();
     let (nem_stop, nem_rx) = signal::channel(false);
     let nem_task = tokio::spawn(nemesis.run(nem_rx));
 
@@ -466,7 +477,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
     let _ = nem_stop.send(true);
     let healed = unless_interrupted(async {
         match nem_task.await {
-            Ok(n) => n.heal_all().await,
+            Ok(mut n) => n.heal_all().await,
             Err(e) => eprintln!("ballast-jepsen: the nemesis failed: {e}"),
         }
         final_probes(
@@ -475,6 +486,7 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Verdict> {
             opts.workloads
                 .contains(&Workload::Watch)
                 .then_some(&*progress),
+            compacted.load(Ordering::Relaxed),
         )
         .await;
         if let Some(a) = &gen.append {

@@ -182,7 +182,8 @@ async fn run_session(
         })
         .await;
     if g.0 != EventType::Ok {
-        return g.0 == EventType::Fail;
+        // Refused or unknown: try another member after a pause.
+        return false;
     }
     let (lease, ttl, token, key) = granted;
     let (mut keeper, mut acks) = match c.lease_keep_alive(lease).await {

@@ -1,11 +1,15 @@
 //! The watch workload: a watcher of all keys on every member for the whole
 //! run, and (in a run without the register workload) blind puts for it to
 //! see. After the run, the committed history is read from every member
-//! with a watch from revision 1.
+//! with a watch from just above the highest compaction (revision 1 if
+//! there was none).
 //!
-//! A watcher session starts at revision `last + 1` (1 at first), where
+//! A watcher session starts at revision `last + 1` (2 at first), where
 //! `last` is the last revision it received; when its stream breaks it
-//! records the error and starts a new session on the same member.
+//! records the error and starts a new session on the same member. A
+//! session canceled because its revision was compacted is recorded with
+//! the `compact_revision` the member gave, and the next one starts there
+//! (the revisions in between are gone).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -118,12 +122,43 @@ pub async fn watcher(
             r = session(&endpoint, &mut last, &rec, &progress, i) => r,
             _ = stop.changed() => return,
         };
-        rec(EventType::Info, Value::Null, Some(ended));
+        match ended {
+            Ended::Compacted {
+                reason,
+                compact_revision,
+            } => {
+                rec(
+                    EventType::Info,
+                    json!({ "canceled": true, "compact_revision": compact_revision }),
+                    Some(reason),
+                );
+                // Resume where the member can serve: the events in between
+                // are compacted away (the checker asks whether a
+                // compaction explains that gap).
+                last = last.max(compact_revision - 1);
+                if let Some(p) = progress.0.get(i) {
+                    p.store(last, Ordering::Relaxed);
+                }
+            }
+            Ended::Error(e) => rec(EventType::Info, Value::Null, Some(e)),
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+/// Why a watch session ended.
+enum Ended {
+    /// Canceled by the member because the revision it needed was
+    /// compacted; it can serve from `compact_revision` on.
+    Compacted {
+        reason: String,
+        compact_revision: i64,
+    },
+    /// Anything else.
+    Error(String),
 }
 
 /// One watch session; returns why it ended.
@@ -133,23 +168,31 @@ async fn session(
     rec: &impl Fn(EventType, Value, Option<String>),
     progress: &Progress,
     i: usize,
-) -> String {
+) -> Ended {
     let mut stream = match open(endpoint, *last + 1).await {
         Ok(s) => s,
-        Err(e) => return e,
+        Err(e) => return Ended::Error(e),
     };
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
-            Ok(None) => return "the stream ended".into(),
-            Err(e) => return e.to_string(),
+            Ok(None) => return Ended::Error("the stream ended".into()),
+            Err(e) => return Ended::Error(e.to_string()),
         };
         if resp.canceled() {
-            return format!(
+            let reason = format!(
                 "canceled: {} (compact revision {})",
                 resp.cancel_reason(),
                 resp.compact_revision()
             );
+            return if resp.compact_revision() > 0 {
+                Ended::Compacted {
+                    reason,
+                    compact_revision: resp.compact_revision(),
+                }
+            } else {
+                Ended::Error(reason)
+            };
         }
         match convert(&resp) {
             Ok(evs) if evs.is_empty() => {}
@@ -161,20 +204,23 @@ async fn session(
                     p.store(*last, Ordering::Relaxed);
                 }
             }
-            Err(e) => return e,
+            Err(e) => return Ended::Error(e),
         }
     }
 }
 
-/// Reads member `name`'s whole history (revisions 2..=`upto`) with a watch
-/// from revision 1 and records it under `final-<name>`; at most `timeout`.
+/// Reads member `name`'s history of revisions `from..=upto` with a watch
+/// from `from` (1 reads it all; after a compaction at `C`, `C + 1`) and
+/// records it under `final-<name>`; at most `timeout`.
 pub async fn final_history(
     recorder: &Recorder,
     endpoint: &str,
     name: &str,
+    from: i64,
     upto: i64,
     timeout: Duration,
 ) -> bool {
+    let from = from.max(1);
     let process = Process::named(format!("final-{name}"));
     let deadline = Instant::now() + timeout;
     let fail = |error: String| {
@@ -190,11 +236,12 @@ pub async fn final_history(
             process.clone(),
             EventType::Invoke,
             F_FINAL,
-            json!({ "from": 1, "to": upto }),
+            json!({ "from": from, "to": upto }),
         )
         .node(name),
     );
-    let mut last = 1i64;
+    // Revision 1 (a new store) has no events.
+    let mut last = from.max(2) - 1;
     let mut chunk: Vec<WatchEvent> = Vec::new();
     let flush = |chunk: &mut Vec<WatchEvent>| {
         if !chunk.is_empty() {
@@ -204,8 +251,8 @@ pub async fn final_history(
             chunk.clear();
         }
     };
-    if upto > 1 {
-        let mut stream = match open(endpoint, 1).await {
+    if upto > last {
+        let mut stream = match open(endpoint, last + 1).await {
             Ok(s) => s,
             Err(e) => return fail(e),
         };
@@ -242,7 +289,7 @@ pub async fn final_history(
             process.clone(),
             EventType::Ok,
             F_FINAL_END,
-            json!({ "revision": upto.max(1) }),
+            json!({ "revision": upto.max(1), "from": from }),
         )
         .node(name),
     );
