@@ -178,11 +178,28 @@ impl RaftNode {
             }
             MembershipChange::SetNode { id, node } => {
                 let nodes = BTreeMap::from([(id, node)]);
-                self.retry(|| {
-                    self.raft
+                let start = Instant::now();
+                loop {
+                    // Checked at every attempt: a removal in progress may
+                    // finish while this waits, and SetNodes on a removed
+                    // member would add it back as a learner.
+                    if !self.members().iter().any(|m| m.id == id) {
+                        return Err(NodeError::Rejected("etcdserver: member not found".into()));
+                    }
+                    match self
+                        .raft
                         .change_membership(ChangeMembers::SetNodes(nodes.clone()), false)
-                })
-                .await?;
+                        .await
+                    {
+                        Ok(_) => break,
+                        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                            ChangeMembershipError::InProgress(_),
+                        ))) if start.elapsed() < CHANGE_DEADLINE => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => return Err(change_error(e)),
+                    }
+                }
             }
         }
         Ok(())
@@ -225,19 +242,24 @@ impl RaftNode {
                 ))) if start.elapsed() < CHANGE_DEADLINE => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    return Err(match f.leader_id {
-                        Some(id) => NodeError::NotLeader {
-                            leader: Some((id, f.leader_node.unwrap_or_default())),
-                        },
-                        None => NodeError::NoLeader,
-                    })
-                }
-                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                    return Err(NodeError::Rejected(format!("etcdserver: {e}")))
-                }
-                Err(RaftError::Fatal(e)) => return Err(NodeError::Unavailable(e.to_string())),
+                Err(e) => return Err(change_error(e)),
             }
         }
+    }
+}
+
+/// The member-facing error of a failed membership change.
+fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> NodeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_id {
+            Some(id) => NodeError::NotLeader {
+                leader: Some((id, f.leader_node.unwrap_or_default())),
+            },
+            None => NodeError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            NodeError::Rejected(format!("etcdserver: {e}"))
+        }
+        RaftError::Fatal(e) => NodeError::Unavailable(e.to_string()),
     }
 }
