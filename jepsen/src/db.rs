@@ -525,14 +525,7 @@ impl Cluster {
                 Err(e) => {
                     maybe |= client::classify(&e) == EventType::Info;
                     if !transient(&e) {
-                        return Err((
-                            if maybe {
-                                EventType::Info
-                            } else {
-                                EventType::Fail
-                            },
-                            e,
-                        ));
+                        return Err((outcome(maybe), e));
                     }
                     last = e;
                 }
@@ -594,14 +587,7 @@ impl Cluster {
                 Err(e) => {
                     maybe |= client::classify(&e) == EventType::Info;
                     if !transient(&e) && !e.contains("already exist") {
-                        return Err((
-                            if maybe {
-                                EventType::Info
-                            } else {
-                                EventType::Fail
-                            },
-                            e,
-                        ));
+                        return Err((outcome(maybe), e));
                     }
                     last = e;
                 }
@@ -740,6 +726,16 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_all();
+    }
+}
+
+/// How a refused membership call is recorded: `info` if an earlier
+/// attempt may have gone through, else `fail`.
+fn outcome(maybe_applied: bool) -> EventType {
+    if maybe_applied {
+        EventType::Info
+    } else {
+        EventType::Fail
     }
 }
 

@@ -613,8 +613,8 @@ pub fn check_committed(events: &[Event], ops: &[Op]) -> CheckResult {
     for e in all {
         let Some(v) = e.2.as_deref() else { continue };
         // The append and lock workloads check their own keys.
-        if ["a/", "lock/", "lock-fence/"]
-            .iter()
+        if std::iter::once(crate::workloads::append::KEY_PREFIX)
+            .chain(crate::workloads::lock::KEY_PREFIXES)
             .any(|p| e.1.starts_with(p))
         {
             continue;

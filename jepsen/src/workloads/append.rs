@@ -27,6 +27,9 @@ use crate::rng::Rng;
 /// The `f` of an append operation.
 pub const F_TXN: &str = "txn";
 
+/// Prefix of every key this workload writes.
+pub const KEY_PREFIX: &str = "a/";
+
 /// The process of the end-of-run reads of every list.
 pub const FINAL_PROCESS: &str = "append-final";
 
@@ -57,7 +60,7 @@ impl Appends {
         let group = n / (self.keys_per_group * self.ops_per_key);
         let mut mops = Vec::new();
         for _ in 0..1 + rng.below(3) {
-            let key = format!("a/{group:05}/{}", rng.below(self.keys_per_group));
+            let key = format!("{KEY_PREFIX}{group:05}/{}", rng.below(self.keys_per_group));
             if rng.chance(0.5) {
                 mops.push(json!(["r", key, null]));
             } else {
@@ -67,7 +70,7 @@ impl Appends {
         }
         Planned {
             f: F_TXN,
-            key: format!("a/{group:05}"),
+            key: format!("{KEY_PREFIX}{group:05}"),
             args: Value::Array(mops),
         }
     }
@@ -78,7 +81,7 @@ impl Appends {
         let per_group = self.keys_per_group * self.ops_per_key;
         let groups = issued.div_ceil(per_group);
         (0..groups)
-            .flat_map(|g| (0..self.keys_per_group).map(move |k| format!("a/{g:05}/{k}")))
+            .flat_map(|g| (0..self.keys_per_group).map(move |k| format!("{KEY_PREFIX}{g:05}/{k}")))
             .collect()
     }
 }

@@ -42,6 +42,10 @@ pub const LOCK_LOST: &str = "lock-lost";
 /// Prefix of the lock sessions' process names.
 pub const PROCESS_PREFIX: &str = "lock-";
 
+/// Prefixes of every key this workload writes: the lock keys and the
+/// fenced key.
+pub const KEY_PREFIXES: [&str; 2] = ["lock/", "lock-fence/"];
+
 /// Lockers per run.
 pub const LOCKERS: usize = 4;
 
@@ -144,7 +148,7 @@ async fn run_session(
     rng: &mut Rng,
     stop: &mut signal::Receiver<bool>,
 ) -> bool {
-    let prefix = format!("lock/{lock}/");
+    let prefix = format!("{}{lock}/", KEY_PREFIXES[0]);
     // Grant a lease and create the key.
     let mut granted = (0i64, 0i64, 0i64, String::new());
     let g = s
@@ -268,7 +272,7 @@ async fn run_session(
                         token,
                     )])
                     .and_then([TxnOp::put(
-                        format!("lock-fence/{lock}"),
+                        format!("{}{lock}", KEY_PREFIXES[1]),
                         token.to_string(),
                         None,
                     )]);
